@@ -1,0 +1,3 @@
+from hlrp_ladder.cli import main
+
+main()

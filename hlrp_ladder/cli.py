@@ -1,0 +1,130 @@
+"""The command line: parses arguments and delegates. No logic lives here."""
+from __future__ import annotations
+
+import functools
+import json
+import shlex
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from hlrp_ladder import executors, policy
+from hlrp_ladder.spec import Spec, SpecError, load_spec, mask, mask_argv
+from hlrp_ladder.store import RunStore, StoreError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Find the largest batch size a training run survives in host RAM, before the long run.")
+out = Console(soft_wrap=True)  # a message is one line, however long: scripts grep it
+err = Console(stderr=True, soft_wrap=True)
+
+
+def user_errors(func):
+    """A user mistake is one line on stderr and exit 2, never a traceback."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (SpecError, StoreError) as exc:
+            err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(policy.EXIT_USAGE) from None
+    return wrapper
+
+
+class Format(str, Enum):
+    md = "md"
+    json = "json"
+    csv = "csv"
+
+
+@app.command()
+@user_errors
+def run(spec_path: Path = typer.Argument(..., metavar="SPEC", help="ladder spec (YAML)"),
+        run_ref: Optional[str] = typer.Argument(None, metavar="[RUN]", help="with --resume: the run to continue "
+                                                "(folder, NAME/RUN-ID or RUN-ID; default: the spec's latest)"),
+        resume: bool = typer.Option(False, "--resume", help="continue a run: finished rungs are kept")):
+    """Run the ladder: one probe per rung, stop at the first failure, keep the last stable batch size.
+
+    hlrp-ladder run SPEC --resume [RUN] continues a run that was interrupted or killed."""
+    from hlrp_ladder.ladder import run_ladder
+    from hlrp_ladder.live import LiveView
+
+    if run_ref is not None and not resume:
+        raise StoreError(f"{run_ref}: a RUN is only taken with --resume")
+    spec = load_spec(spec_path)
+    view = LiveView(err)
+    result = run_ladder(spec, executors.get("local"), view, (run_ref or "latest") if resume else None,
+                        ["hlrp-ladder", *sys.argv[1:]])
+    verdict = result.verdict
+    if verdict.exit_code == policy.EXIT_PICK:
+        out.print(f"[bold green]pick: bs={verdict.pick}[/] — {verdict.reason}", highlight=False)
+    else:
+        err.print(f"[bold red]{'no pick' if verdict.exit_code == policy.EXIT_NO_STABLE else 'stopped'}[/] — "
+                  f"{verdict.reason}", highlight=False)
+    out.print(f"run: {result.store.root}  (report: hlrp-ladder report {result.store.root})", highlight=False)
+    raise typer.Exit(verdict.exit_code)
+
+
+@app.command()
+@user_errors
+def validate(spec_path: Path = typer.Argument(..., metavar="SPEC")):
+    """Check a spec and print the probes it would run (argv, env diff)."""
+    spec = load_spec(spec_path)
+    mem = spec.memory
+    cap = "none" if mem.cap is None else f"{mem.cap} = {mem.cap_bytes() / 2**30:.2f} GiB (cgroup charge)"
+    out.print(f"{spec_path}: ok — {len(spec.batch_sizes)} rungs {spec.batch_sizes}; soft limit {mem.rss_limit} = "
+              f"{mem.rss_limit_bytes() / 2**30:.2f} GiB ({mem.metric}); cap {cap}; timeout {spec.timeout_s:g} s",
+              highlight=False)
+    env = mask({**spec.env, "HLRP_LADDER_METRICS": "<probe folder>/metrics.jsonl"})
+    out.print("env: " + " ".join(f"{k}={v}" for k, v in env.items()), highlight=False, markup=False)
+    for bs in spec.batch_sizes:
+        out.print(f"bs={bs}: {shlex.join(mask_argv(spec.argv(bs)))}", highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def schema():
+    """Print the spec's JSON Schema (for editor completion)."""
+    print(json.dumps(Spec.model_json_schema(), indent=2))
+
+
+@app.command()
+@user_errors
+def report(run: Optional[str] = typer.Argument(None, help="run folder, NAME/RUN-ID or RUN-ID (default: latest)"),
+           fmt: Format = typer.Option(Format.md, "--format", help="md writes markdown + PNG; json/csv also print"),
+           runs_dir: Path = typer.Option(Path("runs"), help="where runs are (default ./runs)"),
+           spec_path: Optional[Path] = typer.Option(None, "--spec", help="take runs_dir and name from a spec"),
+           out_dir: Path = typer.Option(Path("reports"), "--out", help="where reports are written")):
+    """Write reports/<name>-<run-id>.md (or .json/.csv) for a run and print its table."""
+    from hlrp_ladder import report as reports
+
+    name = None
+    if spec_path is not None:
+        spec = load_spec(spec_path)
+        runs_dir, name = Path(spec.runs_dir), spec.name
+    view = reports.load_run(RunStore.find(runs_dir, run, name))
+    path = reports.write(view, out_dir, fmt.value, shlex.join(["hlrp-ladder", "report", *sys.argv[2:]]))
+    if fmt == Format.md:
+        # Off a terminal rich assumes 80 columns, which folds every cell; a report table wants its width.
+        Console(width=max(out.width, 150) if not out.is_terminal else None).print(reports.rich_table(view))
+        for warning in view.warnings:
+            err.print(f"warning: {warning}", markup=False, highlight=False)
+    else:
+        print(path.read_text(), end="")
+    err.print(f"wrote {path}", highlight=False)
+
+
+@app.command("runs")
+@user_errors
+def list_runs(runs_dir: Path = typer.Option(Path("runs"), help="where runs are")):
+    """List runs, oldest first, with their status and pick."""
+    for root in RunStore.runs(runs_dir):
+        state = RunStore(root).state()
+        out.print(f"{root}  {state.get('status', '?'):11}  pick={state.get('pick')}  {state.get('reason', '')}",
+                  highlight=False, markup=False, soft_wrap=True)
+
+
+def main() -> None:
+    app()

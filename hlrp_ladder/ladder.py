@@ -1,0 +1,106 @@
+"""Drives a ladder: asks the policy for the next rung, runs it through an executor, stores the record.
+
+The loop holds no judgement of its own: which rung, what is stable and what is picked are the policy's.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hlrp_ladder import policy
+from hlrp_ladder.executors import Executor, ProbeRequest
+from hlrp_ladder.live import LiveView
+from hlrp_ladder.probe.cgroup import safe_name
+from hlrp_ladder.records import ProbeRecord
+from hlrp_ladder.spec import Recipe, Spec
+from hlrp_ladder.store import RunStore, StoreError, probe_folder_name
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag the monitor polls, so the probe's tree is killed and recorded, not orphaned."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> "StopFlag":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.raised = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+    def __call__(self) -> bool:
+        return self.raised
+
+
+@dataclass
+class RunResult:
+    store: RunStore
+    verdict: policy.Verdict
+    records: list[ProbeRecord] = field(default_factory=list)
+
+
+def build_request(spec: Spec, store: RunStore, rung: policy.Rung, recipe: Optional[Recipe] = None) -> ProbeRequest:
+    folder = probe_folder_name(rung.batch_size, rung.phase)
+    return ProbeRequest(
+        folder=store.root / folder, batch_size=rung.batch_size, phase=rung.phase,
+        attempt=store.attempts(folder), argv=spec.argv(rung.batch_size, recipe), env=dict(spec.env),
+        cwd=os.getcwd(), rss_limit_bytes=spec.memory.rss_limit_bytes(), cap_bytes=spec.memory.cap_bytes(),
+        metric=spec.memory.metric, interval_s=spec.memory.sample_interval_s, timeout_s=spec.timeout_s,
+        kill_grace_s=spec.kill_grace_s,
+        cgroup_name=safe_name(f"{spec.name}-{store.root.name}-{folder}-{os.getpid()}"),
+        metrics_regex=spec.metrics_regex)
+
+
+def open_run(spec: Spec, resume: Optional[str], command_line: list[str], view: LiveView) -> RunStore:
+    """A new run, or the run to resume (``resume='latest'`` for the spec's latest), locked for this process."""
+    if resume is None:
+        store = RunStore.create(spec, command_line)
+        store.lock()
+        return store
+    store = RunStore.find(spec.runs_dir, None if resume == "latest" else resume, spec.name)
+    if store.state().get("fingerprint") != spec.fingerprint():
+        raise StoreError(f"{store.root}: the spec changed since this run started; start a new run instead "
+                         f"of resuming")
+    store.lock()
+    for note in store.set_aside():
+        view.message(f"resume: {note}")
+    store.write_state(status="running")
+    return store
+
+
+def run_ladder(spec: Spec, executor: Executor, view: LiveView, resume: Optional[str] = None,
+               command_line: Optional[list[str]] = None) -> RunResult:
+    store = open_run(spec, resume, command_line or [], view)
+    loaded = store.load()
+    for warning in loaded.warnings:
+        view.message(f"warning: {warning}")
+    records = loaded.records
+    for rec in policy.finished(records).values():
+        view.message(f"resume: {policy.describe(rec)} (kept from {rec.folder})")
+    with StopFlag() as stop:
+        while not stop():
+            rung = policy.next_rung(spec.batch_sizes, records)
+            if rung is None:
+                break
+            request = build_request(spec, store, rung)
+            view.start(request)
+            record = executor.run(request, view.on_sample, stop)
+            view.finish(record)
+            records.append(record)
+        if stop():
+            reason = (f"interrupted; resume with: hlrp-ladder run SPEC --resume {store.root}")
+            store.write_state(status="interrupted", reason=reason, exit_code=policy.EXIT_INTERRUPTED)
+            return RunResult(store, policy.Verdict(None, reason, policy.EXIT_INTERRUPTED), records)
+    verdict = policy.verdict(spec.batch_sizes, records)
+    store.write_state(status="done", pick=verdict.pick, reason=verdict.reason, exit_code=verdict.exit_code)
+    return RunResult(store, verdict, records)
+

@@ -1,0 +1,76 @@
+"""How a probe ended: exit status + kernel OOM counters + the monitor's own action + the log -> an Outcome
+with its evidence. Pure: the facts come in as arguments."""
+from __future__ import annotations
+
+import re
+import signal
+from typing import Optional
+
+from hlrp_ladder.records import Evidence, Outcome
+
+CUDA_OOM = re.compile(r"torch\.(cuda\.)?OutOfMemoryError|CUDA out of memory|CUDA error: out of memory|"
+                      r"RESOURCE_EXHAUSTED: Out of memory")
+MEMORY_HINT = re.compile(r"out of memory|OutOfMemory|MemoryError|Killed|killed by signal|exited unexpectedly|died|"
+                         r"can't allocate memory", re.I)
+ERROR_HINT = re.compile(r"error|exception|traceback|fatal|abort", re.I)
+
+
+def shell_exit_code(status: int) -> int:
+    """waitstatus_to_exitcode's value as a shell shows it: -9 -> 137."""
+    return 128 - status if status < 0 else status
+
+
+def _signal_name(status: int) -> Optional[str]:
+    if status >= 0:
+        return None
+    try:
+        return signal.Signals(-status).name
+    except ValueError:
+        return f"signal {-status}"
+
+
+def _last(lines: list[str], pattern: re.Pattern) -> Optional[str]:
+    for line in reversed(lines):
+        if pattern.search(line):
+            return line.strip()[:300]
+    return None
+
+
+def classify(status: int, stop_reason: Optional[str], oom_before: Optional[int], oom_after: Optional[int],
+             oom_counter: str, log_tail: list[str]) -> tuple[Outcome, Evidence]:
+    """``status`` is ``os.waitstatus_to_exitcode``'s (negative: killed by that signal); ``stop_reason`` is
+    what the monitor did (``rss_breach``, ``timeout``, ``interrupted``) or None."""
+    oom = None if oom_before is None or oom_after is None else oom_after - oom_before
+    ev = Evidence(exit_code=shell_exit_code(status), signal=_signal_name(status), oom_kills_before=oom_before,
+                  oom_kills_after=oom_after, oom_counter=oom_counter or None)
+    nonempty = [line for line in log_tail if line.strip()]
+    if stop_reason in ("interrupted", "rss_breach", "timeout"):
+        ev.detail = {"interrupted": "stopped by the user (Ctrl-C); the tree was killed",
+                     "rss_breach": "the monitor killed the tree when it crossed the soft limit",
+                     "timeout": "the probe ran past timeout_s: SIGTERM, then SIGKILL after the grace"}[stop_reason]
+        ev.log_line = _last(nonempty[-5:], MEMORY_HINT) if stop_reason != "interrupted" else None
+        return Outcome(stop_reason), ev
+    if status == -signal.SIGKILL and oom:
+        ev.detail = "the kernel OOM-killed the main process"
+        ev.log_line = _last(nonempty[-20:], MEMORY_HINT)
+        return Outcome.oom_killed, ev
+    if oom:
+        ev.log_line = _last(nonempty[-50:], MEMORY_HINT)
+        ev.detail = (f"the kernel OOM-killed {oom} process(es) of the tree, not the main one; the main "
+                     f"process then exited with {ev.exit_code}")
+        return Outcome.child_oom, ev
+    cuda = _last(nonempty[-200:], CUDA_OOM)
+    if status != 0 and cuda:
+        ev.log_line, ev.detail = cuda, "the GPU ran out of memory"
+        return Outcome.cuda_oom, ev
+    if status == 0:
+        ev.detail = "exited 0"
+        return Outcome.ok, ev
+    ev.log_line = _last(nonempty[-30:], ERROR_HINT) or (nonempty[-1].strip()[:300] if nonempty else None)
+    if status == -signal.SIGKILL:
+        ev.detail = "killed by SIGKILL from outside, with no kernel OOM kill on record"
+    elif status < 0:
+        ev.detail = f"killed by {ev.signal}"
+    else:
+        ev.detail = f"exited with {status}"
+    return Outcome.error, ev

@@ -1,0 +1,100 @@
+"""What a probe leaves behind: its outcome, the evidence for it, its memory peaks and its metrics.
+
+These models are the contract between the rooms: the executor writes them, the policy reads them, the
+report renders them. ``result.json`` in a probe folder is one :class:`ProbeRecord`.
+"""
+from __future__ import annotations
+
+from enum import Enum
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Outcome(str, Enum):
+    ok = "ok"
+    oom_killed = "oom_killed"      # the kernel OOM-killed the main process
+    child_oom = "child_oom"        # the kernel OOM-killed a worker; the main process exited on its own
+    rss_breach = "rss_breach"      # the monitor killed the tree: the soft limit was crossed
+    cuda_oom = "cuda_oom"          # torch.OutOfMemoryError / "CUDA out of memory" in the log
+    timeout = "timeout"
+    error = "error"                # any other non-zero exit
+    interrupted = "interrupted"    # the user pressed Ctrl-C (not a verdict on the batch size)
+
+    @property
+    def is_memory(self) -> bool:
+        return self in (Outcome.oom_killed, Outcome.child_oom, Outcome.rss_breach, Outcome.cuda_oom)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Evidence(_Model):
+    exit_code: Optional[int] = None          # as a shell shows it: 137 for SIGKILL
+    signal: Optional[str] = None             # the signal that ended the main process, if one did
+    oom_kills_before: Optional[int] = None
+    oom_kills_after: Optional[int] = None
+    oom_counter: Optional[str] = None        # where the OOM-kill count was read
+    log_line: Optional[str] = None           # the line of the log that shows what happened
+    detail: str = ""                         # one sentence a person can read
+
+
+class Peaks(_Model):
+    kernel_bytes: Optional[int] = None       # the kernel's own high-water mark (exact, not sampled)
+    kernel_source: str = ""                  # e.g. "cgroup v1 memory.max_usage_in_bytes"
+    sampled_rss_bytes: int = 0               # max over samples of the tree's summed RSS
+    sampled_pss_bytes: Optional[int] = None  # max over samples of the tree's summed PSS (metric: pss)
+    cgroup_sampled_bytes: Optional[int] = None
+    max_procs: int = 0
+    samples: int = 0
+
+
+class Limits(_Model):
+    metric: str = "rss"
+    rss_limit_bytes: int = 0                 # soft limit on the sampled metric
+    cap_bytes: Optional[int] = None          # hard limit on cgroup-charged memory
+    cgroup: Optional[str] = None             # "v1 /sys/fs/cgroup/memory/..." when one was used
+    cgroup_note: str = ""                    # why there was none, when there was none
+
+
+class ValPoint(_Model):
+    step: int
+    time: float
+    val_loss: Optional[float] = None
+    rss_bytes: Optional[int] = None          # tree RSS sampled nearest the val_end event
+    cgroup_bytes: Optional[int] = None
+
+
+class Metrics(_Model):
+    source: str = "none"                     # "jsonl", "regex" or "none"
+    last_step: Optional[int] = None
+    step_per_s: Optional[float] = None
+    samples_per_s: Optional[float] = None
+    val_loss: Optional[float] = None
+    val_points: list[ValPoint] = []
+    artifact: Optional[str] = None
+
+
+class ProbeRecord(_Model):
+    batch_size: int
+    phase: str = "ladder"
+    attempt: int = 1
+    folder: str
+    outcome: Outcome
+    evidence: Evidence
+    peaks: Peaks
+    limits: Limits
+    metrics: Metrics = Metrics()
+    started_at: float
+    ended_at: float
+    argv: list[str]
+
+    @property
+    def duration_s(self) -> float:
+        return self.ended_at - self.started_at
+
+    @property
+    def peak_bytes(self) -> int:
+        """The best peak there is: the kernel's when read, else the sampled one."""
+        return self.peaks.kernel_bytes if self.peaks.kernel_bytes is not None else self.peaks.sampled_rss_bytes

@@ -1,0 +1,221 @@
+"""Records -> pandas -> markdown (tabulate) / JSON / CSV, and a PNG of every rung's memory over time."""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import psutil
+import yaml
+
+from hlrp_ladder import policy
+from hlrp_ladder.records import ProbeRecord
+from hlrp_ladder.sizes import GIB, gib
+from hlrp_ladder.spec import Spec
+from hlrp_ladder.store import SPEC_SNAPSHOT, RunStore, StoreError, atomic_write
+
+
+@dataclass
+class RunView:
+    """Everything a report shows about one run."""
+    store: RunStore
+    state: dict
+    spec: Spec
+    records: list[ProbeRecord]
+    warnings: list[str]
+    verdict: policy.Verdict
+
+    @property
+    def title(self) -> str:
+        return f"{self.spec.name}-{self.store.root.name}"
+
+
+def load_run(store: RunStore) -> RunView:
+    try:
+        spec = Spec.model_validate(yaml.safe_load((store.root / SPEC_SNAPSHOT).read_text()))
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{store.root / SPEC_SNAPSHOT}: unreadable spec snapshot ({str(exc).splitlines()[0]})") \
+            from None
+    loaded = store.load()
+    records = sorted(loaded.records, key=lambda r: r.started_at)
+    return RunView(store, store.state(), spec, records, loaded.warnings, policy.verdict(spec.batch_sizes, records))
+
+
+def _pct(part: Optional[int], whole: Optional[int]) -> Optional[float]:
+    return None if not part or not whole else round(100.0 * part / whole, 1)
+
+
+def _round(value: Optional[float], digits: int = 2) -> Optional[float]:
+    return None if value is None else round(value, digits)
+
+
+def frame(view: RunView) -> pd.DataFrame:
+    """One row per probe. Columns: peaks in GiB (kernel = exact high-water mark; sampled = the monitor's max),
+    % of the cap (kernel peak / cap) and of the soft limit (sampled / rss_limit), duration, rates, val loss."""
+    rows = []
+    for rec in view.records:
+        sampled = rec.peaks.sampled_pss_bytes if rec.limits.metric == "pss" else rec.peaks.sampled_rss_bytes
+        rows.append({
+            "phase": rec.phase, "bs": rec.batch_size, "outcome": rec.outcome.value,
+            "kernel GiB": None if rec.peaks.kernel_bytes is None else round(rec.peaks.kernel_bytes / GIB, 3),
+            f"sampled {rec.limits.metric} GiB": round(sampled / GIB, 3) if sampled else None,
+            "% cap": _pct(rec.peaks.kernel_bytes, rec.limits.cap_bytes),
+            "% soft": _pct(sampled, rec.limits.rss_limit_bytes),
+            "s": round(rec.duration_s, 1),
+            "step/s": _round(rec.metrics.step_per_s), "samples/s": _round(rec.metrics.samples_per_s),
+            "val loss": _round(rec.metrics.val_loss, 4),
+            "log": f"{rec.folder}/log.txt",
+        })
+    return pd.DataFrame(rows)
+
+
+def plot_memory(view: RunView, path: Path) -> Optional[Path]:
+    """Every probe's sampled tree memory (solid) and cgroup charge (dashed) over time, limits drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    top = 0.0
+    for rec in view.records:
+        csv = view.store.root / rec.folder / "memory.csv"
+        try:
+            df = pd.read_csv(csv)
+        except (OSError, ValueError, pd.errors.EmptyDataError):
+            continue
+        if df.empty:
+            continue
+        label = f"{rec.phase} bs={rec.batch_size} ({rec.outcome.value})"
+        line, = ax.plot(df["t"], df["rss"] / GIB, label=label, linewidth=1.4)
+        top = max(top, float(df["rss"].max()) / GIB)
+        if df["cgroup"].notna().any():
+            ax.plot(df["t"], df["cgroup"] / GIB, linestyle="--", color=line.get_color(), linewidth=1.0)
+        if rec.outcome.value != "ok" and rec.peaks.kernel_bytes:
+            # A kill can come between two samples: mark the kernel's exact peak where the probe ended.
+            ax.plot([df["t"].iloc[-1]], [rec.peaks.kernel_bytes / GIB], marker="x", markersize=9,
+                    color=line.get_color())
+            top = max(top, rec.peaks.kernel_bytes / GIB)
+    if top == 0:
+        plt.close(fig)
+        return None
+    lim = view.records[-1].limits if view.records else None
+    notes = []
+    if lim and lim.cap_bytes:
+        ax.axhline(lim.cap_bytes / GIB, color="black", linestyle=":", label=f"cap {gib(lim.cap_bytes)} (cgroup charge)")
+    if lim and lim.rss_limit_bytes:
+        if lim.rss_limit_bytes / GIB <= 1.6 * top:
+            ax.axhline(lim.rss_limit_bytes / GIB, color="red", linestyle="-.",
+                       label=f"soft limit {gib(lim.rss_limit_bytes)} ({lim.metric})")
+        else:
+            notes.append(f"soft limit {gib(lim.rss_limit_bytes)} ({lim.metric}) is above the chart")
+    ax.set_xlabel("seconds since probe start")
+    ax.set_ylabel("GiB  (solid: tree RSS, dashed: cgroup charge)")
+    ax.set_title(f"{view.title}" + (f"\n{'; '.join(notes)}" if notes else ""), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _limits_text(view: RunView) -> str:
+    lim = view.records[-1].limits if view.records else None
+    if lim is None:
+        return ""
+    parts = [f"- soft limit: {gib(lim.rss_limit_bytes)} on the tree's summed {lim.metric.upper()} "
+             f"(`memory.rss_limit: {view.spec.memory.rss_limit}`), sampled every {view.spec.memory.sample_interval_s} s; "
+             f"crossing it kills the tree (`rss_breach`)."]
+    if lim.cap_bytes:
+        parts.append(f"- hard cap: {gib(lim.cap_bytes)} on memory charged to the probe's cgroup "
+                     f"(`memory.cap: {view.spec.memory.cap}`, {lim.cgroup or 'NOT enforced: ' + lim.cgroup_note}); "
+                     f"the kernel OOM-kills at it (`oom_killed`).")
+    elif lim.cgroup_note:
+        parts.append(f"- no cgroup: {lim.cgroup_note}; the kernel peak is the largest process's VmHWM.")
+    parts.append("- RSS counts shared-library pages already in the page cache, which a cgroup does not charge: "
+                 "the sampled RSS peak can exceed the kernel (cgroup) peak, and a cap is not an RSS limit.")
+    return "\n".join(parts)
+
+
+def markdown(view: RunView, png_name: Optional[str], report_command: str) -> str:
+    df = frame(view)
+    state = view.state
+    created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.get("created", 0)))
+    mem = psutil.virtual_memory().total
+    lines = [
+        f"# Ladder report: {view.spec.name} / {view.store.root.name}",
+        "",
+        f"Produced by `{' '.join(state.get('command') or ['hlrp-ladder', 'run', '?'])}` (started {created}, "
+        f"status {state.get('status', '?')}) and `{report_command}`, on {platform.node()} "
+        f"({psutil.cpu_count()} cores, {gib(mem, 1)} RAM).",
+        "",
+        f"**Pick: {'bs=' + str(view.verdict.pick) if view.verdict.pick is not None else 'none'}** — "
+        f"{view.verdict.reason}.",
+        "",
+        _limits_text(view),
+        "",
+        df.astype(object).where(df.notna(), None).to_markdown(index=False, missingval="-")
+        if not df.empty else "_no finished probes_",
+        "",
+    ]
+    not_ok = [r for r in view.records if r.outcome.value != "ok"]
+    if not_ok:
+        lines += ["## Evidence", ""]
+        for rec in not_ok:
+            ev = rec.evidence
+            oom = "" if ev.oom_kills_after is None else \
+                f"; oom_kill {ev.oom_kills_before} -> {ev.oom_kills_after} in {ev.oom_counter}"
+            sig = f" ({ev.signal})" if ev.signal else ""
+            log = f"; log: `{ev.log_line}`" if ev.log_line else ""
+            lines.append(f"- {policy.describe(rec)}: {ev.detail}. Exit {ev.exit_code}{sig}{oom}{log}")
+        lines.append("")
+    if view.warnings:
+        lines += ["## Warnings", ""] + [f"- {w}" for w in view.warnings] + [""]
+    if png_name:
+        lines += ["## Memory over time", "", f"![memory of every rung]({png_name})", ""]
+    return "\n".join(lines)
+
+
+def as_json(view: RunView) -> str:
+    return json.dumps({
+        "name": view.spec.name, "run": str(view.store.root), "status": view.state.get("status"),
+        "pick": view.verdict.pick, "reason": view.verdict.reason, "exit_code": view.verdict.exit_code,
+        "probes": [{**rec.model_dump(mode="json"), "duration_s": round(rec.duration_s, 3)} for rec in view.records],
+        "warnings": view.warnings,
+    }, indent=2)
+
+
+def write(view: RunView, out_dir: Path, fmt: str, report_command: str) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if fmt == "json":
+        path = out_dir / f"{view.title}.json"
+        atomic_write(path, as_json(view) + "\n")
+    elif fmt == "csv":
+        path = out_dir / f"{view.title}.csv"
+        atomic_write(path, frame(view).to_csv(index=False))
+    else:
+        png = plot_memory(view, out_dir / f"{view.title}-memory.png")
+        path = out_dir / f"{view.title}.md"
+        atomic_write(path, markdown(view, png.name if png else None, report_command))
+    return path
+
+
+def rich_table(view: RunView):
+    """The report's table for the terminal."""
+    from rich.table import Table
+
+    df = frame(view)
+    table = Table(title=f"{view.title}: pick {'bs=' + str(view.verdict.pick) if view.verdict.pick else 'none'}",
+                  caption=view.verdict.reason, caption_justify="left")
+    for column in df.columns:
+        table.add_column(str(column), justify="left" if column in ("phase", "outcome", "log") else "right",
+                         overflow="fold")
+    for _, row in df.iterrows():
+        table.add_row(*["-" if pd.isna(v) else str(v) for v in row.tolist()])
+    return table

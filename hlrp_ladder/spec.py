@@ -1,0 +1,266 @@
+"""The ladder spec: pydantic models and a YAML loader whose every error is one line ``file:line: key: why``."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import psutil
+import yaml
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt,
+                      ValidationError, field_validator)
+
+from hlrp_ladder import sizes
+
+SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+MASK = "***"
+
+
+class SpecError(ValueError):
+    """A mistake in a spec file; ``str()`` is the one line to show."""
+
+
+def _size_text(value: Any) -> Any:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Size = Annotated[str, BeforeValidator(_size_text), AfterValidator(sizes.check)]
+Scalar = Union[bool, int, float, str, None]
+
+
+def _regex(value: Optional[str]) -> Optional[str]:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"{value!r} is not a regular expression ({exc})") from None
+    return value
+
+
+Regex = Annotated[Optional[str], AfterValidator(_regex)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecipeKeys(_Strict):
+    """Trainer keys the recipe is rendered to; null leaves a knob out of the argv."""
+    max_steps: Optional[str] = "training.max_steps"
+    check_interval: Optional[str] = "training.validation.check_interval"
+    limit_batches: Optional[str] = "training.validation.limit_batches"
+
+
+class Recipe(_Strict):
+    """How long a probe trains and how often it validates."""
+    max_steps: PositiveInt = 35
+    check_interval: PositiveInt = 30
+    limit_batches: PositiveInt = 1
+    keys: RecipeKeys = RecipeKeys()
+
+
+class Memory(_Strict):
+    rss_limit: Size = Field("85%", description="soft limit the monitor enforces on the tree's summed "
+                            "`metric`: a size ('28GiB') or a share of total RAM ('85%')")
+    cap: Optional[Size] = Field(None, description="hard kernel limit through a memory cgroup (charged "
+                                "memory, not RSS), to emulate a smaller machine")
+    metric: Literal["rss", "pss"] = "rss"
+    sample_interval_s: float = Field(0.1, gt=0, le=10)
+
+    def rss_limit_bytes(self, total: int | None = None) -> int:
+        return sizes.resolve(self.rss_limit, total or psutil.virtual_memory().total)
+
+    def cap_bytes(self, total: int | None = None) -> int | None:
+        return None if self.cap is None else sizes.resolve(self.cap, total or psutil.virtual_memory().total)
+
+
+class MetricsRegex(_Strict):
+    """For trainers that do not write HLRP_LADDER_METRICS: a regex per metric, group 1 is the number."""
+    step_per_s: Regex = None
+    samples_per_s: Regex = None
+    val_loss: Regex = None
+
+
+class Range(_Strict):
+    start: PositiveInt
+    stop: PositiveInt
+    step: PositiveInt
+
+
+def _expand_batch_sizes(value: Any) -> Any:
+    if isinstance(value, dict):
+        rng = Range.model_validate(value)
+        if rng.stop < rng.start:
+            raise ValueError(f"stop ({rng.stop}) is below start ({rng.start})")
+        return list(range(rng.start, rng.stop + 1, rng.step))
+    return value
+
+
+def _ascending(values: list[int]) -> list[int]:
+    if not values:
+        raise ValueError("needs at least one batch size")
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError(f"must be strictly ascending (got {values})")
+    return values
+
+
+class Spec(_Strict):
+    """A ladder: which batch sizes to probe, how, and under which memory limits."""
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    command: Optional[list[str]] = Field(None, min_length=1, description="probe argv (no shell); default: the "
+                                         "bundled trainer, [python, -m, trainer.train]")
+    batch_sizes: Annotated[list[PositiveInt], BeforeValidator(_expand_batch_sizes), AfterValidator(_ascending)]
+    batch_size_key: str = "data.loader.batch_size"
+    probe: Recipe = Recipe()
+    overrides: dict[str, Scalar] = {}
+    env: dict[str, str] = {}
+    memory: Memory = Memory()
+    timeout_s: float = Field(900, gt=0)
+    kill_grace_s: float = Field(5, ge=0)
+    runs_dir: str = "runs"
+    metrics_regex: MetricsRegex = MetricsRegex()
+
+    @field_validator("overrides", mode="before")
+    @classmethod
+    def _scalars(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, (dict, list)):
+                    raise ValueError(f"{key}: a value must be a scalar (string, number, bool or null), "
+                                     f"got {type(item).__name__}")
+        return value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
+        return value
+
+    # ---- derived -----------------------------------------------------------------------------------------
+    def base_command(self) -> list[str]:
+        return list(self.command) if self.command else [sys.executable, "-m", "trainer.train"]
+
+    def argv(self, batch_size: int, recipe: Recipe | None = None) -> list[str]:
+        """The probe's argv: command, overrides, recipe, batch size, each ``key=value`` as one item."""
+        recipe = recipe or self.probe
+        items = dict(self.overrides)
+        for field in ("max_steps", "check_interval", "limit_batches"):
+            key = getattr(recipe.keys, field)
+            if key:
+                items[key] = getattr(recipe, field)
+        items[self.batch_size_key] = batch_size
+        return self.base_command() + [f"{k}={_render(v)}" for k, v in items.items()]
+
+    def fingerprint(self) -> str:
+        """Identifies what a run measures; ``--resume`` refuses a spec whose fingerprint changed."""
+        data = self.model_dump(mode="json", exclude={"runs_dir"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def masked(self) -> dict:
+        data = self.model_dump(mode="json")
+        data["env"] = mask(data["env"])
+        data["overrides"] = mask(data["overrides"])
+        return data
+
+
+def _render(value: Scalar) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def is_secret(name: str) -> bool:
+    return any(word in name.upper() for word in SECRET_WORDS)
+
+
+def mask(mapping: dict) -> dict:
+    return {k: (MASK if is_secret(k) and v not in (None, "") else v) for k, v in mapping.items()}
+
+
+def mask_argv(argv: list[str]) -> list[str]:
+    out = []
+    for item in argv:
+        key, sep, value = item.partition("=")
+        out.append(f"{key}={MASK}" if sep and is_secret(key) and value else item)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+def _line_map(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
+    """YAML path -> 1-based line of its value (and of the key, under the path + ('<key>',))."""
+    out = {} if out is None else out
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            out[path + (key, "<key>")] = key_node.start_mark.line + 1
+            _line_map(value_node, path + (key,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_map(item, path + (i,), out)
+    return out
+
+
+def _locate(loc: tuple, lines: dict[tuple, int], key_line: bool) -> int:
+    path: tuple = ()
+    for part in loc:
+        if path + (part,) in lines:
+            path = path + (part,)
+    if key_line and path + ("<key>",) in lines:
+        return lines[path + ("<key>",)]
+    return lines.get(path, 1)
+
+
+def _message(err: dict) -> str:
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        return msg[len("Value error, "):]
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "required key is missing"
+    return f"{msg} (got {err.get('input')!r})"
+
+
+def _loc_text(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+
+
+def parse_spec(text: str, source: str) -> Spec:
+    """Validate a spec from YAML text; ``source`` names it in errors."""
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"{source}{line}: not valid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}:1: a spec is a mapping of keys (name, batch_sizes, ...)")
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        lines = _line_map(node)
+        line = _locate(err["loc"], lines, key_line=err["type"] in ("extra_forbidden", "missing"))
+        key = _loc_text(err["loc"]) or "spec"
+        raise SpecError(f"{source}:{line}: {key}: {_message(err)}") from None
+
+
+def load_spec(path: str | os.PathLike) -> Spec:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{p}: no such file") from None
+    except OSError as exc:
+        raise SpecError(f"{p}: cannot read ({exc.strerror})") from None
+    return parse_spec(text, str(p))

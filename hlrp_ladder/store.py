@@ -1,0 +1,207 @@
+"""The run folder: ``runs/<name>/<run-id>/`` with the spec snapshot, ``ladder.json`` and one folder per probe.
+
+Every file is written whole or not at all (temp file + rename). A probe folder without ``result.json`` is a
+probe that never finished; ``--resume`` kills whatever it left running and sets the folder aside.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import psutil
+import yaml
+from pydantic import ValidationError
+
+from hlrp_ladder.probe import cgroup as cgroups
+from hlrp_ladder.records import Outcome, ProbeRecord
+from hlrp_ladder.spec import Spec
+
+RESULT, RUNNING, STATE, SPEC_SNAPSHOT = "result.json", "running.json", "ladder.json", "spec.yaml"
+
+
+class StoreError(RuntimeError):
+    """A run folder cannot be used as asked; the message is one line."""
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data) -> None:
+    atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def probe_folder_name(batch_size: int, phase: str = "ladder", repeat: int = 0) -> str:
+    name = f"bs-{batch_size:04d}"
+    if phase not in ("ladder", "refine"):
+        name += f"-{phase}"
+    return name + (f"-r{repeat}" if repeat else "")
+
+
+@dataclass
+class Loaded:
+    records: list[ProbeRecord] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+class RunStore:
+    def __init__(self, root: Path):
+        self.root = root
+        self._lock_handle = None
+
+    # ---- finding runs ----------------------------------------------------------------------------------------
+    @staticmethod
+    def create(spec: Spec, command_line: list[str]) -> "RunStore":
+        base = Path(spec.runs_dir).expanduser() / spec.name
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"runs_dir: cannot create {base} ({exc.strerror})") from None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for n in range(1, 1000):
+            root = base / (stamp if n == 1 else f"{stamp}-{n}")
+            try:
+                root.mkdir()
+                break
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise StoreError(f"runs_dir: cannot create {root} ({exc.strerror})") from None
+        store = RunStore(root)
+        atomic_write(root / SPEC_SNAPSHOT, yaml.safe_dump(spec.masked(), sort_keys=False))
+        store.write_state(name=spec.name, run_id=root.name, fingerprint=spec.fingerprint(), status="running",
+                          command=command_line, created=time.time())
+        return store
+
+    @staticmethod
+    def runs(runs_dir: Path, name: Optional[str] = None) -> list[Path]:
+        """Run folders, oldest first."""
+        pattern = f"{name}/*/{STATE}" if name else f"*/*/{STATE}"
+        found = [p.parent for p in Path(runs_dir).expanduser().glob(pattern)]
+        return sorted(found, key=lambda p: (p.name, p.parent.name))
+
+    @staticmethod
+    def find(runs_dir: Path, run: Optional[str], name: Optional[str] = None) -> "RunStore":
+        """``run`` may be a path, ``name/run-id`` or a run-id; None means the latest run."""
+        if run:
+            for candidate in (Path(run), Path(runs_dir) / run, *(Path(runs_dir).glob(f"*/{run}"))):
+                if (candidate / STATE).is_file():
+                    return RunStore(candidate)
+            raise StoreError(f"{run}: no such run under {runs_dir} (hlrp-ladder runs lists them)")
+        runs = RunStore.runs(runs_dir, name)
+        if not runs:
+            what = f"of '{name}' " if name else ""
+            raise StoreError(f"no runs {what}under {runs_dir}")
+        return RunStore(runs[-1])
+
+    # ---- state -----------------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        try:
+            return json.loads((self.root / STATE).read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{self.root / STATE}: unreadable ({exc})") from None
+
+    def write_state(self, **fields) -> None:
+        path = self.root / STATE
+        current = {}
+        if path.exists():
+            try:
+                current = json.loads(path.read_text())
+            except ValueError:
+                current = {}
+        current.update(fields, updated=time.time())
+        write_json(path, current)
+
+    def lock(self) -> None:
+        """Hold the run for this process; a second orchestrator on the same run is refused."""
+        handle = open(self.root / ".lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise StoreError(f"{self.root}: another hlrp-ladder process is using this run") from None
+        self._lock_handle = handle
+
+    # ---- probes ----------------------------------------------------------------------------------------------
+    def probe_dirs(self) -> list[Path]:
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("bs-") and "." not in p.name)
+
+    def load(self) -> Loaded:
+        """Every whole record; a corrupt or truncated ``result.json`` is reported and treated as not run."""
+        out = Loaded()
+        for folder in self.probe_dirs():
+            path = folder / RESULT
+            if not path.exists():
+                continue
+            try:
+                out.records.append(ProbeRecord.model_validate_json(path.read_text()))
+            except (OSError, ValidationError, ValueError) as exc:
+                first = str(exc).strip().splitlines()[0][:120]
+                out.warnings.append(f"{path}: corrupt record ({first}); treated as not run")
+        return out
+
+    def attempts(self, folder_name: str) -> int:
+        return 1 + len(list(self.root.glob(f"{folder_name}.*")))
+
+    def set_aside(self) -> list[str]:
+        """Before a resume: stop what unfinished probes left running, and move their folders aside."""
+        notes = []
+        for folder in self.probe_dirs():
+            result = folder / RESULT
+            reason = None
+            if not result.exists():
+                reason = "unfinished"
+            else:
+                try:
+                    if ProbeRecord.model_validate_json(result.read_text()).outcome == Outcome.interrupted:
+                        reason = "interrupted"
+                except (OSError, ValidationError, ValueError):
+                    reason = "corrupt"
+            if reason is None:
+                continue
+            killed = kill_leftovers(folder / RUNNING)
+            target = folder.with_name(f"{folder.name}.{reason}-{self.attempts(folder.name)}")
+            folder.rename(target)
+            extra = f", killed {killed} leftover process(es)" if killed else ""
+            notes.append(f"{folder.name}: {reason}; kept as {target.name}{extra}")
+        return notes
+
+
+def kill_leftovers(running_file: Path) -> int:
+    """Kill what a probe recorded in ``running.json`` and still runs (same process group and start time or
+    later, or a member of its cgroup)."""
+    try:
+        info = json.loads(running_file.read_text())
+    except (OSError, ValueError):
+        return 0
+    killed = 0
+    pgid, since = info.get("pgid"), float(info.get("create_time", 0))
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.pid != os.getpid() and os.getpgid(proc.pid) == pgid and proc.create_time() >= since - 1:
+                proc.send_signal(signal.SIGKILL)
+                killed += 1
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+    cg = cgroups.find(info.get("cgroup") or "")
+    if cg is not None:
+        killed += cg.kill_all()
+        cg.remove()
+    return killed

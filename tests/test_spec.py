@@ -1,0 +1,108 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from hlrp_ladder import sizes
+from hlrp_ladder.spec import SpecError, load_spec, parse_spec
+from tests.conftest import ROOT, cli
+
+GOOD = """\
+name: demo
+command: [python, train.py]
+batch_sizes: {start: 8, stop: 20, step: 4}
+overrides:
+  data.adapter.tf.prefetch.final_stream_buffer: 2
+  note: "a b; rm -rf / $(x)"
+env: {WANDB_API_KEY: secret-value, PLAIN: "1"}
+memory: {rss_limit: 85%, cap: 1.5GiB}
+"""
+
+
+def test_good_spec_expands_range_and_renders_argv_literally():
+    spec = parse_spec(GOOD, "demo.yaml")
+    assert spec.batch_sizes == [8, 12, 16, 20]
+    argv = spec.argv(12)
+    assert argv[:2] == ["python", "train.py"]
+    # a value with spaces and shell syntax stays one literal argv item
+    assert "note=a b; rm -rf / $(x)" in argv
+    assert argv[-4:] == ["training.max_steps=35", "training.validation.check_interval=30",
+                         "training.validation.limit_batches=1", "data.loader.batch_size=12"]
+    assert spec.masked()["env"] == {"WANDB_API_KEY": "***", "PLAIN": "1"}
+    assert spec.memory.cap_bytes() == int(1.5 * 2**30)
+
+
+def test_recipe_keys_can_be_renamed_or_dropped():
+    spec = parse_spec("name: x\nbatch_sizes: [4]\nprobe:\n  max_steps: 7\n  keys: {max_steps: trainer.steps, "
+                      "check_interval: null, limit_batches: null}\nbatch_size_key: bs\n", "x.yaml")
+    assert spec.argv(4)[-2:] == ["trainer.steps=7", "bs=4"]
+    assert not any("check_interval" in a for a in spec.argv(4))
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("name: t\nbatch_sizes: [8]\nmemory:\n  metric: rss\n  rss_limit: '28 gigs'\n",
+     "x.yaml:5: memory.rss_limit: '28 gigs' is not a size"),
+    ("name: t\nbatch_sizes: [8, 4]\n", "x.yaml:2: batch_sizes: must be strictly ascending"),
+    ("name: t\nbatch_sizes: [8]\nfoo: 1\n", "x.yaml:3: foo: unknown key"),
+    ("batch_sizes: [8]\n", "x.yaml:1: name: required key is missing"),
+    ("name: t\nbatch_sizes: [8]\nmemory:\n  rss_limt: 1G\n", "x.yaml:4: memory.rss_limt: unknown key"),
+    ("name: t\nbatch_sizes: [8, x]\n", "x.yaml:2: batch_sizes.1:"),
+    ("name: t\nbatch_sizes: {start: 8}\n", "x.yaml:2: batch_sizes.stop: required key is missing"),
+    ("name: t\n batch_sizes: [8]\n", "x.yaml:2: not valid YAML"),
+    ("name: t\nbatch_sizes: [8]\ntimeout_s: abc\n", "x.yaml:3: timeout_s:"),
+    ("name: t\nbatch_sizes: [8]\noverrides: {a: [1, 2]}\n", "x.yaml:3: overrides: a: a value must be a scalar"),
+    ("name: t\nbatch_sizes: [8]\nmemory: {metric: vss}\n", "x.yaml:3: memory.metric:"),
+    ("- a\n", "x.yaml:1: a spec is a mapping"),
+])
+def test_bad_spec_is_one_line_naming_file_line_and_key(text, expected):
+    with pytest.raises(SpecError) as exc:
+        parse_spec(text, "x.yaml")
+    message = str(exc.value)
+    assert message.startswith(expected), message
+    assert "\n" not in message
+
+
+def test_cli_validate_bad_spec_exits_2_without_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: t\nbatch_sizes: [8]\nmemory:\n  rss_limit: '28 gigs'\n")
+    res = cli("validate", str(bad))
+    assert res.returncode == 2
+    assert f"{bad}:4: memory.rss_limit: '28 gigs' is not a size" in res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+    missing = cli("validate", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_cli_validate_prints_every_probe(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(GOOD)
+    res = cli("validate", str(spec))
+    assert res.returncode == 0, res.stderr
+    for bs in (8, 12, 16, 20):
+        assert f"bs={bs}: python train.py" in res.stdout
+    assert "WANDB_API_KEY=***" in res.stdout and "secret-value" not in res.stdout
+
+
+def test_cli_schema_is_json_schema():
+    res = cli("schema")
+    schema = json.loads(res.stdout)
+    assert "batch_sizes" in schema["properties"] and "memory" in schema["properties"]
+
+
+def test_shipped_ladders_validate():
+    for path in sorted((ROOT / "ladders").glob("*.yaml")):
+        load_spec(path)
+
+
+@pytest.mark.parametrize("text,total,expected", [
+    ("28GiB", 0, 28 * 2**30), ("900MiB", 0, 900 * 2**20), ("1.5 GB", 0, 1_500_000_000),
+    ("85%", 1000, 850), ("2048", 0, 2048),
+])
+def test_sizes(text, total, expected):
+    assert sizes.resolve(text, total) == expected
+
+
+@pytest.mark.parametrize("text", ["28 gigs", "-1GiB", "0", "150%", "GiB"])
+def test_bad_sizes(text):
+    with pytest.raises(ValueError):
+        sizes.resolve(text, 100)
