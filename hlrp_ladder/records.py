@@ -43,6 +43,7 @@ class Evidence(_Model):
 class Peaks(_Model):
     kernel_bytes: Optional[int] = None       # the kernel's own high-water mark (exact, not sampled)
     kernel_source: str = ""                  # e.g. "cgroup v1 memory.max_usage_in_bytes"
+    vmhwm_bytes: Optional[int] = None        # kernel RSS high-water mark of the largest process (wait4)
     sampled_rss_bytes: int = 0               # max over samples of the tree's summed RSS
     sampled_pss_bytes: Optional[int] = None  # max over samples of the tree's summed PSS (metric: pss)
     cgroup_sampled_bytes: Optional[int] = None
@@ -87,7 +88,7 @@ class ProbeRecord(_Model):
     limits: Limits
     metrics: Metrics = Metrics()
     started_at: float
-    ended_at: float
+    ended_at: float                          # when the main process was reaped
     argv: list[str]
 
     @property

@@ -59,7 +59,9 @@ def test_kernel_oom_kill_under_a_cap(tmp_path, need_cgroup):
 
 
 def test_worker_oom_is_child_oom_not_oom_killed(tmp_path, need_cgroup):
-    argv = memhog("base_mb=30", "workers=1", "worker_mb=20", "worker_extra_mb=300", "worker_at=2", "steps=200",
+    # The parent checks its worker every step and exits 1 when it died. The kernel reclaims for 1-4 s before it
+    # OOM-kills in a cgroup this small, so the parent runs up to 20 s (it exits as soon as the worker dies).
+    argv = memhog("base_mb=30", "workers=1", "worker_mb=20", "worker_extra_mb=300", "worker_at=2", "steps=1000",
                   "step_s=0.02")
     rec = run(request(tmp_path, argv, cap=200 * MIB))
     assert rec.outcome == Outcome.child_oom, rec.evidence

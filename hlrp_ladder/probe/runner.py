@@ -72,26 +72,29 @@ def run_probe(request: ProbeRequest, on_sample: Optional[OnSample] = None,
             log.write(f"hlrp-ladder: cannot start {request.argv[0]!r}: {exc.strerror or exc}\n")
         if cg:
             cg.remove()
-        return _finish(request, started_at, 127, None, None, None, oom_counter, cg, cg_note, Peaks(), [], 0)
+        return _finish(request, started_at, time.time(), 127, None, None, None, oom_counter, cg, cg_note, Peaks(),
+                       [], 0)
     pgid = proc.pid
     sampler = TreeSampler(proc.pid, cg, with_pss=request.metric == "pss")
     write_json(folder / RUNNING, {"pid": proc.pid, "pgid": pgid, "create_time": sampler.root.create_time(),
                                   "cgroup": str(cg) if cg else None, "orchestrator_pid": os.getpid()})
 
     def kill(sig: int) -> None:
+        sampler.refresh(force=True)  # whoever joined the tree since the last refresh is killed too
         signal_tree(pgid, list(sampler.known.values()), cg, sig)
 
     peaks = Peaks()
     timeline: list[tuple[float, int, Optional[int]]] = []
     stopper = _Stopper()
-    status = ru_maxrss = None
+    status = exited_at = None
     next_tick = time.monotonic()
     with open(folder / "memory.csv", "w", buffering=1 << 16) as csv:
         csv.write(CSV_HEADER)
         while True:
             pid, wait_status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
-                status, ru_maxrss = os.waitstatus_to_exitcode(wait_status), usage.ru_maxrss * 1024
+                exited_at = time.time()
+                status, peaks.vmhwm_bytes = os.waitstatus_to_exitcode(wait_status), usage.ru_maxrss * 1024
                 proc.returncode = status  # reaped here, so Popen must not wait again
                 break
             sample = sampler.sample()
@@ -114,25 +117,27 @@ def run_probe(request: ProbeRequest, on_sample: Optional[OnSample] = None,
             stopper.escalate(kill)
             if on_sample is not None:
                 on_sample(request, sample)
-            next_tick += request.interval_s
+            # Once the tree is being killed, reap it as soon as it is dead rather than a whole tick later.
+            next_tick += request.interval_s if stopper.reason is None else min(request.interval_s, 0.01)
             time.sleep(max(0.0, next_tick - time.monotonic()))
+    sampler.close()
     # The main process is gone; nothing it started may live on.
     leftovers = len({p.pid for p in alive(sampler.known.values())} | set(cg.pids() if cg else []))
     kill(signal.SIGKILL)
     if cg is not None:
         peaks.kernel_bytes, peaks.kernel_source = cg.peak()
     oom_after = cg.oom_kills() if cg else cgroups.vmstat_oom_kills()
-    if peaks.kernel_bytes is None and ru_maxrss:
+    if peaks.kernel_bytes is None and peaks.vmhwm_bytes:
         # wait4's ru_maxrss: the max VmHWM of the main process and the descendants it reaped.
-        peaks.kernel_bytes, peaks.kernel_source = ru_maxrss, "VmHWM (wait4 ru_maxrss, largest process)"
+        peaks.kernel_bytes, peaks.kernel_source = peaks.vmhwm_bytes, "VmHWM (wait4 ru_maxrss, largest process)"
     if cg is not None:
         cg.remove()
-    return _finish(request, started_at, status, stopper.reason, oom_before, oom_after, oom_counter, cg, cg_note,
-                   peaks, timeline, leftovers)
+    return _finish(request, started_at, exited_at, status, stopper.reason, oom_before, oom_after, oom_counter, cg,
+                   cg_note, peaks, timeline, leftovers)
 
 
-def _finish(request: ProbeRequest, started_at: float, status: int, stop_reason, oom_before, oom_after,
-            oom_counter: str, cg, cg_note: str, peaks: Peaks, timeline, leftovers: int) -> ProbeRecord:
+def _finish(request: ProbeRequest, started_at: float, exited_at: float, status: int, stop_reason, oom_before,
+            oom_after, oom_counter: str, cg, cg_note: str, peaks: Peaks, timeline, leftovers: int) -> ProbeRecord:
     folder = request.folder
     log_lines = read_tail(folder / "log.txt")
     outcome, evidence = classify(status, stop_reason, oom_before, oom_after, oom_counter, log_lines)
@@ -144,7 +149,7 @@ def _finish(request: ProbeRequest, started_at: float, status: int, stop_reason, 
         limits=Limits(metric=request.metric, rss_limit_bytes=request.rss_limit_bytes, cap_bytes=request.cap_bytes,
                       cgroup=str(cg) if cg else None, cgroup_note=cg_note),
         metrics=read_metrics(folder / "metrics.jsonl", log_lines, request.metrics_regex, started_at, timeline),
-        started_at=started_at, ended_at=time.time(), argv=mask_argv(request.argv))
+        started_at=started_at, ended_at=exited_at, argv=mask_argv(request.argv))
     write_json(folder / RESULT, record.model_dump(mode="json"))
     (folder / RUNNING).unlink(missing_ok=True)
     return record
