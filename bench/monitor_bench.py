@@ -8,6 +8,8 @@
 - monitor cost: the orchestrator's CPU while it watches a 16-process tree at the default 0.1 s. Goal: <= 0.5 %
   of a core.
 - overhead: wall time of a whole `hlrp-ladder run` / the sum of its probes' wall times. Goal: <= 1.03.
+- probes to the verdict: a ladder over 8..64 step 4 on a fixture whose memory is linear in bs, under a real
+  cap, linear against `refine: bisect` (goal: <= 6 one-val probes).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -118,6 +121,28 @@ def overhead(tmp: Path, rungs: int, step_s: float) -> dict:
             "ratio": round(wall / total, 4)}
 
 
+def probes_to_verdict(tmp: Path) -> dict:
+    """A fixture whose memory is linear in bs (20 MiB + 4 MiB per sample) under a real 200 MiB cgroup cap
+    (so bs <= 44 fits), over 8..64 step 4: how many one-val probes each search needs to reach its verdict."""
+    out = {}
+    for refine in ("none", "bisect"):
+        spec = tmp / f"bisect-{refine}.yaml"
+        argv = [sys.executable, str(MEMHOG), "base_mb=20", "mb_per_sample=4", "step_s=0.005"]
+        spec.write_text(f"name: bisect-{refine}\ncommand: {json.dumps(argv)}\n"
+                        f"batch_sizes: {{start: 8, stop: 64, step: 4}}\nrefine: {refine}\ngranularity: 4\n"
+                        f"memory: {{cap: 200MiB}}\nprobe: {{max_steps: 35, check_interval: 30, limit_batches: 1}}\n"
+                        f"runs_dir: {tmp / 'runs'}\n")
+        res = subprocess.run([sys.executable, "-m", "hlrp_ladder", "run", str(spec)], capture_output=True,
+                             text=True, cwd=ROOT)
+        run = sorted((tmp / "runs" / f"bisect-{refine}").iterdir())[-1]
+        probes = sorted((json.loads(p.read_text()) for p in run.glob("bs-*/result.json")),
+                        key=lambda r: r["started_at"])
+        pick = re.search(r"pick: bs=(\d+)", res.stdout)
+        out[refine] = {"probes": len(probes), "order": [p["batch_size"] for p in probes],
+                       "pick": int(pick.group(1)) if pick else None}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
@@ -132,6 +157,7 @@ def main() -> None:
             "monitor_cost_cgroup": monitor_cost(tmp, 10 if args.quick else 30, with_cgroup=True),
             "monitor_cost_psutil_scan": monitor_cost(tmp, 10 if args.quick else 30, with_cgroup=False),
             "overhead": overhead(tmp, 6, 0.03 if args.quick else 0.05),
+            "probes_to_verdict": probes_to_verdict(tmp),
         }
     r = results
     lines = [
@@ -157,6 +183,10 @@ def main() -> None:
         f"{r['monitor_cost_psutil_scan']['whole_probe_pct_of_core']} %) | <= 0.5 % |",
         f"| overhead: ladder wall / sum of probe walls ({r['overhead']['rungs']} rungs of "
         f"~{r['overhead']['sum_probe_wall_s'] / r['overhead']['rungs']:.1f} s) | {r['overhead']['ratio']} | <= 1.03 |",
+        f"| one-val probes to the verdict over 8..64 step 4, memory linear in bs, 200 MiB cap: linear ladder | "
+        f"{r['probes_to_verdict']['none']['probes']} (pick {r['probes_to_verdict']['none']['pick']}) | |",
+        f"| same, `refine: bisect`, granularity 4 (order {r['probes_to_verdict']['bisect']['order']}) | "
+        f"{r['probes_to_verdict']['bisect']['probes']} (pick {r['probes_to_verdict']['bisect']['pick']}) | <= 6 |",
         "",
         "```json",
         json.dumps(results, indent=2),

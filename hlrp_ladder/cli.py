@@ -40,12 +40,37 @@ class Format(str, Enum):
     csv = "csv"
 
 
+def _preflight(spec: Spec, spec_path: Path, skip: bool) -> None:
+    """Before run and launch-overnight: stop on a blocker, show warnings, say how long it took."""
+    if skip:
+        err.print("preflight: skipped (--skip-preflight)", highlight=False)
+        return
+    import time
+
+    from hlrp_ladder import preflight
+
+    start = time.monotonic()
+    findings = preflight.run_checks(preflight.build_context(spec, str(spec_path)))
+    problems = [f for f in findings if f.status in ("fail", "warn")]
+    if problems:
+        err.print(preflight.table(problems, only_problems=True))
+    blockers = [f for f in findings if f.blocking]
+    if blockers:
+        err.print(f"preflight: {len(blockers)} blocker(s) found in {time.monotonic() - start:.1f} s; nothing was "
+                  f"started (hlrp-ladder preflight {spec_path} shows every check; --skip-preflight to override)",
+                  highlight=False)
+        raise typer.Exit(policy.EXIT_BLOCKED)
+    err.print(f"preflight: {sum(f.status == 'ok' for f in findings)} checks ok, {len(problems)} warning(s), "
+              f"{time.monotonic() - start:.1f} s", highlight=False)
+
+
 @app.command()
 @user_errors
 def run(spec_path: Path = typer.Argument(..., metavar="SPEC", help="ladder spec (YAML)"),
         run_ref: Optional[str] = typer.Argument(None, metavar="[RUN]", help="with --resume: the run to continue "
                                                 "(folder, NAME/RUN-ID or RUN-ID; default: the spec's latest)"),
-        resume: bool = typer.Option(False, "--resume", help="continue a run: finished rungs are kept")):
+        resume: bool = typer.Option(False, "--resume", help="continue a run: finished rungs are kept"),
+        skip_preflight: bool = typer.Option(False, "--skip-preflight", help="start without the preflight checks")):
     """Run the ladder: one probe per rung, stop at the first failure, keep the last stable batch size.
 
     hlrp-ladder run SPEC --resume [RUN] continues a run that was interrupted or killed."""
@@ -55,6 +80,7 @@ def run(spec_path: Path = typer.Argument(..., metavar="SPEC", help="ladder spec 
     if run_ref is not None and not resume:
         raise StoreError(f"{run_ref}: a RUN is only taken with --resume")
     spec = load_spec(spec_path)
+    _preflight(spec, spec_path, skip_preflight)
     view = LiveView(err)
     result = run_ladder(spec, executors.get("local"), view, (run_ref or "latest") if resume else None,
                         ["hlrp-ladder", *sys.argv[1:]])
@@ -82,6 +108,39 @@ def validate(spec_path: Path = typer.Argument(..., metavar="SPEC")):
     out.print("env: " + " ".join(f"{k}={v}" for k, v in env.items()), highlight=False, markup=False)
     for bs in spec.batch_sizes:
         out.print(f"bs={bs}: {shlex.join(mask_argv(spec.argv(bs)))}", highlight=False, markup=False, soft_wrap=True)
+    if spec.stress is not None:
+        out.print(f"stress, at each candidate from the pick down (here bs=N): "
+                  f"{shlex.join(mask_argv(spec.argv(0, spec.recipe('stress'))))[:-1]}N (timeout "
+                  f"{spec.timeout('stress'):g} s)", highlight=False, markup=False, soft_wrap=True)
+    plan = spec.plan()
+    extras = [f"refine={plan.refine} granularity={plan.granularity}" if plan.refine != "none" else "",
+              f"repeats={plan.repeats}" if plan.repeats > 1 else "",
+              f"headroom {plan.headroom_bytes / 2**30:.2f} GiB under the {plan.limit_name}" if plan.headroom_bytes else ""]
+    if any(extras):
+        out.print("; ".join(e for e in extras if e), highlight=False, markup=False)
+
+
+@app.command("preflight")
+@user_errors
+def preflight_cmd(spec_path: Path = typer.Argument(..., metavar="SPEC"),
+                  as_json: bool = typer.Option(False, "--json", help="the findings as JSON")):
+    """Find every environment blocker at once (dirs, datasets, network, files, memory, launcher) in seconds."""
+    import time
+
+    from hlrp_ladder import preflight
+
+    spec = load_spec(spec_path)
+    start = time.monotonic()
+    findings = preflight.run_checks(preflight.build_context(spec, str(spec_path)))
+    blockers = sum(f.blocking for f in findings)
+    if as_json:
+        print(json.dumps([f.__dict__ for f in findings], indent=2))
+    else:
+        Console(width=max(out.width, 150) if not out.is_terminal else None).print(preflight.table(findings))
+        out.print(f"{'BLOCKED' if blockers else 'ready'}: {blockers} blocker(s), "
+                  f"{sum(f.status == 'warn' for f in findings)} warning(s), {time.monotonic() - start:.1f} s",
+                  highlight=False)
+    raise typer.Exit(policy.EXIT_BLOCKED if blockers else 0)
 
 
 @app.command()

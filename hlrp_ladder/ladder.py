@@ -9,13 +9,13 @@ import signal
 from dataclasses import dataclass, field
 from typing import Optional
 
-from hlrp_ladder import policy
+from hlrp_ladder import forecast, policy
 from hlrp_ladder.executors import Executor, ProbeRequest
 from hlrp_ladder.live import LiveView
 from hlrp_ladder.probe.cgroup import safe_name
-from hlrp_ladder.records import ProbeRecord
-from hlrp_ladder.spec import Recipe, Spec
-from hlrp_ladder.store import RunStore, StoreError, probe_folder_name
+from hlrp_ladder.records import Outcome, ProbeRecord
+from hlrp_ladder.spec import Spec
+from hlrp_ladder.store import RESULT, RunStore, StoreError, probe_folder_name, write_json
 
 
 class StopFlag:
@@ -48,14 +48,41 @@ class RunResult:
     records: list[ProbeRecord] = field(default_factory=list)
 
 
-def build_request(spec: Spec, store: RunStore, rung: policy.Rung, recipe: Optional[Recipe] = None) -> ProbeRequest:
-    folder = probe_folder_name(rung.batch_size, rung.phase)
+def long_run_steps(spec: Spec, rec: ProbeRecord) -> Optional[int]:
+    """The long run's length in steps: overnight.max_steps, or its hours at the rate the probe measured."""
+    night = spec.overnight
+    if night is None:
+        return None
+    if night.max_steps:
+        return night.max_steps
+    if night.hours and rec.metrics.step_per_s:
+        return int(night.hours * 3600 * rec.metrics.step_per_s)
+    return None
+
+
+def with_forecast(spec: Spec, plan: policy.Plan, rec: ProbeRecord) -> ProbeRecord:
+    """A stress record with its growth forecast; one that survived but will not fit becomes forecast_oom."""
+    if rec.phase != "stress" or spec.stress is None or rec.outcome != Outcome.ok:
+        return rec
+    night = spec.overnight
+    rec.forecast = forecast.assess(
+        rec, cycle_steps=spec.stress.check_interval, warmup=spec.forecast.warmup_cycles,
+        long_run_steps=long_run_steps(spec, rec), long_run_interval=night.check_interval if night else 1,
+        limit_bytes=plan.limit_bytes, limit_name=plan.limit_name, headroom_bytes=plan.headroom_bytes)
+    if rec.forecast.fits is False:
+        rec.outcome = Outcome.forecast_oom
+        rec.evidence.detail = f"survived the stress probe, but {rec.forecast.reason}"
+    return rec
+
+
+def build_request(spec: Spec, store: RunStore, rung: policy.Rung) -> ProbeRequest:
+    folder = probe_folder_name(rung.batch_size, rung.phase, rung.repeat)
     return ProbeRequest(
-        folder=store.root / folder, batch_size=rung.batch_size, phase=rung.phase,
-        attempt=store.attempts(folder), argv=spec.argv(rung.batch_size, recipe), env=dict(spec.env),
-        cwd=os.getcwd(), rss_limit_bytes=spec.memory.rss_limit_bytes(), cap_bytes=spec.memory.cap_bytes(),
-        metric=spec.memory.metric, interval_s=spec.memory.sample_interval_s, timeout_s=spec.timeout_s,
-        kill_grace_s=spec.kill_grace_s,
+        folder=store.root / folder, batch_size=rung.batch_size, phase=rung.phase, repeat=rung.repeat,
+        attempt=store.attempts(folder), argv=spec.argv(rung.batch_size, spec.recipe(rung.phase)),
+        env=dict(spec.env), cwd=os.getcwd(), rss_limit_bytes=spec.memory.rss_limit_bytes(),
+        cap_bytes=spec.memory.cap_bytes(), metric=spec.memory.metric, interval_s=spec.memory.sample_interval_s,
+        timeout_s=spec.timeout(rung.phase), kill_grace_s=spec.kill_grace_s,
         cgroup_name=safe_name(f"{spec.name}-{store.root.name}-{folder}-{os.getpid()}"),
         metrics_regex=spec.metrics_regex)
 
@@ -84,23 +111,27 @@ def run_ladder(spec: Spec, executor: Executor, view: LiveView, resume: Optional[
     for warning in loaded.warnings:
         view.message(f"warning: {warning}")
     records = loaded.records
-    for rec in policy.finished(records).values():
+    plan = spec.plan()
+    for rec in policy.latest(records).values():
         view.message(f"resume: {policy.describe(rec)} (kept from {rec.folder})")
     with StopFlag() as stop:
         while not stop():
-            rung = policy.next_rung(spec.batch_sizes, records)
+            rung = policy.next_rung(plan, records)
             if rung is None:
                 break
             request = build_request(spec, store, rung)
             view.start(request)
-            record = executor.run(request, view.on_sample, stop)
+            record = with_forecast(spec, plan, executor.run(request, view.on_sample, stop))
+            if record.forecast is not None:
+                write_json(request.folder / RESULT, record.model_dump(mode="json"))
             view.finish(record)
             records.append(record)
         if stop():
             reason = (f"interrupted; resume with: hlrp-ladder run SPEC --resume {store.root}")
             store.write_state(status="interrupted", reason=reason, exit_code=policy.EXIT_INTERRUPTED)
             return RunResult(store, policy.Verdict(None, reason, policy.EXIT_INTERRUPTED), records)
-    verdict = policy.verdict(spec.batch_sizes, records)
-    store.write_state(status="done", pick=verdict.pick, reason=verdict.reason, exit_code=verdict.exit_code)
+    verdict = policy.verdict(plan, records)
+    store.write_state(status="done", pick=verdict.pick, reason=verdict.reason, exit_code=verdict.exit_code,
+                      confirmed_by=verdict.confirmed_by)
     return RunResult(store, verdict, records)
 

@@ -20,10 +20,7 @@ class Outcome(str, Enum):
     timeout = "timeout"
     error = "error"                # any other non-zero exit
     interrupted = "interrupted"    # the user pressed Ctrl-C (not a verdict on the batch size)
-
-    @property
-    def is_memory(self) -> bool:
-        return self in (Outcome.oom_killed, Outcome.child_oom, Outcome.rss_breach, Outcome.cuda_oom)
+    forecast_oom = "forecast_oom"  # survived, but its memory growth will not fit by the end of the long run
 
 
 class _Model(BaseModel):
@@ -79,7 +76,8 @@ class Metrics(_Model):
 
 class ProbeRecord(_Model):
     batch_size: int
-    phase: str = "ladder"
+    phase: str = "ladder"                    # ladder | refine | repeat | stress
+    repeat: int = 0                          # 2.. for the extra probes of `repeats`
     attempt: int = 1
     folder: str
     outcome: Outcome
@@ -87,6 +85,7 @@ class ProbeRecord(_Model):
     peaks: Peaks
     limits: Limits
     metrics: Metrics = Metrics()
+    forecast: Optional["Forecast"] = None
     started_at: float
     ended_at: float                          # when the main process was reaped
     argv: list[str]
@@ -99,3 +98,26 @@ class ProbeRecord(_Model):
     def peak_bytes(self) -> int:
         """The best peak there is: the kernel's when read, else the sampled one."""
         return self.peaks.kernel_bytes if self.peaks.kernel_bytes is not None else self.peaks.sampled_rss_bytes
+
+
+class Forecast(_Model):
+    """Memory growth of a stress probe, extrapolated to the long run."""
+    kind: str                                # plateau | growth | insufficient | no_long_run
+    domain: str                              # "cgroup" (charge, against the cap) or "rss" (against rss_limit)
+    slope_mib_per_cycle: float = 0.0         # per validation cycle of the stress recipe
+    slope_mib_per_step: float = 0.0
+    raw_slope_mib_per_cycle: float = 0.0     # before the plateau test
+    r2: Optional[float] = None
+    points_used: int = 0
+    observed_peak_bytes: int = 0
+    observed_steps: int = 0
+    long_run_steps: Optional[int] = None
+    long_run_cycles: Optional[int] = None
+    predicted_peak_bytes: Optional[int] = None
+    limit_bytes: Optional[int] = None
+    headroom_bytes: int = 0
+    fits: Optional[bool] = None
+    reason: str = ""
+
+
+ProbeRecord.model_rebuild()

@@ -42,7 +42,7 @@ def load_run(store: RunStore) -> RunView:
             from None
     loaded = store.load()
     records = sorted(loaded.records, key=lambda r: r.started_at)
-    return RunView(store, store.state(), spec, records, loaded.warnings, policy.verdict(spec.batch_sizes, records))
+    return RunView(store, store.state(), spec, records, loaded.warnings, policy.verdict(spec.plan(), records))
 
 
 def _pct(part: Optional[int], whole: Optional[int]) -> Optional[float]:
@@ -125,6 +125,65 @@ def plot_memory(view: RunView, path: Path) -> Optional[Path]:
     return path
 
 
+def forecast_frame(view: RunView) -> pd.DataFrame:
+    rows = []
+    for rec in view.records:
+        fc = rec.forecast
+        if fc is None:
+            continue
+        rows.append({
+            "bs": rec.batch_size, "outcome": rec.outcome.value, "fit": fc.kind,
+            "MiB/validation": fc.slope_mib_per_cycle, "raw MiB/validation": fc.raw_slope_mib_per_cycle,
+            "r2": fc.r2, "points": fc.points_used, f"peak GiB ({fc.domain})": round(fc.observed_peak_bytes / GIB, 3),
+            "long-run cycles": fc.long_run_cycles,
+            "predicted GiB": None if fc.predicted_peak_bytes is None else round(fc.predicted_peak_bytes / GIB, 3),
+            "limit GiB": None if fc.limit_bytes is None else round(fc.limit_bytes / GIB, 3), "fits": fc.fits,
+        })
+    return pd.DataFrame(rows)
+
+
+def plot_forecast(view: RunView, path: Path) -> Optional[Path]:
+    """Memory at each validation end of every stress probe, and the fitted line extrapolated to the long run."""
+    stressed = [r for r in view.records if r.forecast is not None and r.metrics.val_points]
+    if not stressed:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    for rec in stressed:
+        fc = rec.forecast
+        every = view.spec.stress.check_interval if view.spec.stress else 1
+        xs = [max(1, p.step // every) for p in rec.metrics.val_points]
+        ys = [(p.cgroup_bytes if fc.domain == "cgroup" else p.rss_bytes) or 0 for p in rec.metrics.val_points]
+        dots = ax.plot(xs, [y / GIB for y in ys], "o", label=f"bs={rec.batch_size} at validation ends ({fc.kind})")
+        if fc.long_run_cycles and fc.predicted_peak_bytes is not None:
+            # A straight line in cycles is a curve on the log axis: draw it through many points.
+            start, end = xs[-1], max(xs[-1] + 1, fc.long_run_cycles)
+            cycles = [start * (end / start) ** (i / 50) for i in range(51)]
+            ax.plot(cycles, [(fc.observed_peak_bytes + fc.slope_mib_per_cycle * 2**20 * (c - start)) / GIB
+                             for c in cycles], "--", color=dots[0].get_color(),
+                    label=f"bs={rec.batch_size} extrapolated from its peak ({fc.slope_mib_per_cycle:+.0f} MiB/validation)")
+    first = stressed[0].forecast
+    if first.limit_bytes:
+        ax.axhline(first.limit_bytes / GIB, color="black", linestyle=":", label=f"limit {gib(first.limit_bytes)}")
+        if first.headroom_bytes:
+            ax.axhline((first.limit_bytes - first.headroom_bytes) / GIB, color="grey", linestyle=":",
+                       label=f"limit less headroom {gib(first.headroom_bytes)}")
+    ax.set_xscale("log")
+    ax.set_xlabel("validation cycle (log scale; the last one is the long run's end)")
+    ax.set_ylabel(f"GiB ({first.domain})")
+    ax.set_title(f"{view.title}: memory growth forecast", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _limits_text(view: RunView) -> str:
     lim = view.records[-1].limits if view.records else None
     if lim is None:
@@ -143,7 +202,8 @@ def _limits_text(view: RunView) -> str:
     return "\n".join(parts)
 
 
-def markdown(view: RunView, png_name: Optional[str], report_command: str) -> str:
+def markdown(view: RunView, png_name: Optional[str], report_command: str,
+             forecast_png: Optional[str] = None) -> str:
     df = frame(view)
     state = view.state
     created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.get("created", 0)))
@@ -175,6 +235,17 @@ def markdown(view: RunView, png_name: Optional[str], report_command: str) -> str
             log = f"; log: `{ev.log_line}`" if ev.log_line else ""
             lines.append(f"- {policy.describe(rec)}: {ev.detail}. Exit {ev.exit_code}{sig}{oom}{log}")
         lines.append("")
+    fdf = forecast_frame(view)
+    if not fdf.empty:
+        lines += ["## Forecast", "",
+                  "Memory at each validation end of the stress probes (the first "
+                  f"{view.spec.forecast.warmup_cycles} cycle(s) left out), Theil-Sen slope, extrapolated from the "
+                  "probe's peak to the long run's last validation. A plateau extrapolates flat.", "",
+                  fdf.astype(object).where(fdf.notna(), None).to_markdown(index=False, missingval="-"), ""]
+        lines += [f"- bs={r.batch_size}: {r.forecast.reason}" for r in view.records if r.forecast is not None]
+        lines.append("")
+        if forecast_png:
+            lines += [f"![memory growth forecast]({forecast_png})", ""]
     if view.warnings:
         lines += ["## Warnings", ""] + [f"- {w}" for w in view.warnings] + [""]
     if png_name:
@@ -186,6 +257,7 @@ def as_json(view: RunView) -> str:
     return json.dumps({
         "name": view.spec.name, "run": str(view.store.root), "status": view.state.get("status"),
         "pick": view.verdict.pick, "reason": view.verdict.reason, "exit_code": view.verdict.exit_code,
+        "confirmed_by": view.verdict.confirmed_by,
         "probes": [{**rec.model_dump(mode="json"), "duration_s": round(rec.duration_s, 3)} for rec in view.records],
         "warnings": view.warnings,
     }, indent=2)
@@ -201,8 +273,9 @@ def write(view: RunView, out_dir: Path, fmt: str, report_command: str) -> Path:
         atomic_write(path, frame(view).to_csv(index=False))
     else:
         png = plot_memory(view, out_dir / f"{view.title}-memory.png")
+        fpng = plot_forecast(view, out_dir / f"{view.title}-forecast.png")
         path = out_dir / f"{view.title}.md"
-        atomic_write(path, markdown(view, png.name if png else None, report_command))
+        atomic_write(path, markdown(view, png.name if png else None, report_command, fpng.name if fpng else None))
     return path
 
 

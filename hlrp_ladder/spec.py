@@ -14,7 +14,7 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt,
                       ValidationError, field_validator)
 
-from hlrp_ladder import sizes
+from hlrp_ladder import policy, sizes
 
 SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 MASK = "***"
@@ -63,6 +63,36 @@ class Recipe(_Strict):
     keys: RecipeKeys = RecipeKeys()
 
 
+class Stress(_Strict):
+    """The long run's own rhythm, run at the candidate pick after the one-val ladder."""
+    max_steps: PositiveInt = 220
+    check_interval: PositiveInt = 50
+    limit_batches: PositiveInt = 2
+    timeout_s: Optional[float] = Field(None, gt=0, description="default: timeout_s scaled by max_steps")
+
+
+class ForecastConfig(_Strict):
+    warmup_cycles: int = Field(1, ge=0, description="validation cycles left out of the fit (buffers filling)")
+
+
+class Overnight(_Strict):
+    """The long run that the ladder exists for (launched by launch-overnight)."""
+    max_steps: Optional[PositiveInt] = None
+    hours: Optional[float] = Field(None, gt=0, description="a time budget; steps = hours x measured step rate")
+    check_interval: PositiveInt = 50
+    limit_batches: PositiveInt = 2
+    overrides: dict[str, Scalar] = {}
+    env: dict[str, str] = {}
+    tmux_session: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.-]+$",
+                                        description="default: hlrp-<name>; started in tmux when tmux is installed")
+
+
+class Preflight(_Strict):
+    hosts: list[str] = Field([], description="hosts that must resolve (host) or accept a connection (host:port), "
+                             "e.g. a cluster login node")
+    network_timeout_s: float = Field(2.0, gt=0, le=30)
+
+
 class Memory(_Strict):
     rss_limit: Size = Field("85%", description="soft limit the monitor enforces on the tree's summed "
                             "`metric`: a size ('28GiB') or a share of total RAM ('85%')")
@@ -70,12 +100,22 @@ class Memory(_Strict):
                                 "memory, not RSS), to emulate a smaller machine")
     metric: Literal["rss", "pss"] = "rss"
     sample_interval_s: float = Field(0.1, gt=0, le=10)
+    headroom: Optional[Size] = Field(None, description="left free at the pick's kernel peak, under the cap (or "
+                                     "the soft limit without a cap): a size, or a % of that limit")
 
     def rss_limit_bytes(self, total: int | None = None) -> int:
         return sizes.resolve(self.rss_limit, total or psutil.virtual_memory().total)
 
     def cap_bytes(self, total: int | None = None) -> int | None:
         return None if self.cap is None else sizes.resolve(self.cap, total or psutil.virtual_memory().total)
+
+    def fit_limit(self, total: int | None = None) -> tuple[int, str]:
+        """The limit a pick's kernel peak must fit under: the cap if set, else the soft limit."""
+        cap = self.cap_bytes(total)
+        return (cap, "cap") if cap is not None else (self.rss_limit_bytes(total), "soft limit")
+
+    def headroom_bytes(self, total: int | None = None) -> int:
+        return 0 if self.headroom is None else sizes.resolve(self.headroom, self.fit_limit(total)[0])
 
 
 class MetricsRegex(_Strict):
@@ -123,6 +163,15 @@ class Spec(_Strict):
     kill_grace_s: float = Field(5, ge=0)
     runs_dir: str = "runs"
     metrics_regex: MetricsRegex = MetricsRegex()
+    stress: Optional[Stress] = None
+    refine: Literal["none", "bisect"] = Field("none", description="bisect: probe the first and last rung, then "
+                                              "bisect between the last ok and the first failure")
+    granularity: PositiveInt = Field(4, description="bisect until the first failure is this close to the last ok")
+    repeats: PositiveInt = Field(1, description="one-val probes of a candidate before it can be picked "
+                                 "(max peak over them must fit)")
+    forecast: ForecastConfig = ForecastConfig()
+    overnight: Optional[Overnight] = None
+    preflight: Preflight = Preflight()
 
     @field_validator("overrides", mode="before")
     @classmethod
@@ -145,16 +194,39 @@ class Spec(_Strict):
     def base_command(self) -> list[str]:
         return list(self.command) if self.command else [sys.executable, "-m", "trainer.train"]
 
-    def argv(self, batch_size: int, recipe: Recipe | None = None) -> list[str]:
+    def recipe(self, phase: str) -> Recipe:
+        """The probe recipe of a phase: the stress recipe for ``stress``, the one-val one otherwise."""
+        if phase == "stress" and self.stress is not None:
+            return Recipe(max_steps=self.stress.max_steps, check_interval=self.stress.check_interval,
+                          limit_batches=self.stress.limit_batches, keys=self.probe.keys)
+        return self.probe
+
+    def timeout(self, phase: str) -> float:
+        if phase == "stress" and self.stress is not None:
+            return self.stress.timeout_s or self.timeout_s * max(1.0, self.stress.max_steps / self.probe.max_steps)
+        return self.timeout_s
+
+    def argv(self, batch_size: int, recipe: Recipe | None = None, extra: dict | None = None) -> list[str]:
         """The probe's argv: command, overrides, recipe, batch size, each ``key=value`` as one item."""
         recipe = recipe or self.probe
-        items = dict(self.overrides)
+        items = {**self.overrides, **(extra or {})}
         for field in ("max_steps", "check_interval", "limit_batches"):
             key = getattr(recipe.keys, field)
             if key:
                 items[key] = getattr(recipe, field)
         items[self.batch_size_key] = batch_size
         return self.base_command() + [f"{k}={_render(v)}" for k, v in items.items()]
+
+    def plan(self) -> policy.Plan:
+        """The policy's view of this spec, sizes resolved against this machine."""
+        limit, name = self.memory.fit_limit()
+        recipe = ""
+        if self.stress is not None:
+            st = self.stress
+            recipe = f"{st.max_steps} steps, validation every {st.check_interval} over {st.limit_batches} batches"
+        return policy.Plan(batch_sizes=self.batch_sizes, refine=self.refine, granularity=self.granularity,
+                           repeats=self.repeats, stress=self.stress is not None, stress_recipe=recipe,
+                           limit_bytes=limit, limit_name=name, headroom_bytes=self.memory.headroom_bytes())
 
     def fingerprint(self) -> str:
         """Identifies what a run measures; ``--resume`` refuses a spec whose fingerprint changed."""

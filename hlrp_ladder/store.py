@@ -49,10 +49,11 @@ def write_json(path: Path, data) -> None:
 
 
 def probe_folder_name(batch_size: int, phase: str = "ladder", repeat: int = 0) -> str:
+    """bs-0024 (ladder, refine), bs-0024-stress, bs-0024-repeat2."""
     name = f"bs-{batch_size:04d}"
     if phase not in ("ladder", "refine"):
         name += f"-{phase}"
-    return name + (f"-r{repeat}" if repeat else "")
+    return name + (str(repeat) if repeat else "")
 
 
 @dataclass

@@ -4,6 +4,7 @@ Events (every line also has ``time``, seconds since the epoch):
   {"event": "start", "step": 0, "batch_size": B, "pid": P}
   {"event": "train", "step": S, "loss": x, "step_per_s": r, "samples_per_s": r * B}   every N steps
   {"event": "val_end", "step": S, "val_loss": x}                                        after each validation
+     (the bundled trainer adds "live_streams": batch streams open now and at most, per split)
   {"event": "done", "step": S, "artifact": "/path/to/artifact.pt"}                       at the end
 The same numbers go to stdout as ``key=value`` lines, for log-regex readers.
 """
@@ -53,8 +54,11 @@ class MetricsWriter(L.Callback):
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
             return
+        from trainer.data.adapter import live_streams
+
         val = trainer.callback_metrics.get("val_loss")
-        self.emit("val_end", step=trainer.global_step, val_loss=None if val is None else round(float(val), 5))
+        self.emit("val_end", step=trainer.global_step, val_loss=None if val is None else round(float(val), 5),
+                  live_streams=live_streams())
         # Time spent validating is not training throughput: restart the window.
         self.window_start = (trainer.global_step, time.monotonic())
 

@@ -26,6 +26,7 @@ class ProbeRequest:
     kill_grace_s: float
     cgroup_name: str
     metrics_regex: MetricsRegex = field(default_factory=MetricsRegex)
+    repeat: int = 0
 
 
 OnSample = Callable[[ProbeRequest, "object"], None]

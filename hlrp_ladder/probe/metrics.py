@@ -47,16 +47,18 @@ def _events(path: Path) -> list[dict]:
     return out
 
 
-def _nearest(timeline: list[tuple[float, int, Optional[int]]], t: float) -> tuple[Optional[int], Optional[int]]:
-    if not timeline:
-        return None, None
-    best = min(timeline, key=lambda row: abs(row[0] - t))
-    return best[1], best[2]
+def _at(timeline: list[tuple[float, int, Optional[int]]], t: float) -> tuple[Optional[int], Optional[int]]:
+    """Memory of the latest sample taken at or before ``t`` (a later one may already show the exit)."""
+    before = [row for row in timeline if row[0] <= t]
+    if not before:
+        return (timeline[0][1], timeline[0][2]) if timeline else (None, None)
+    return before[-1][1], before[-1][2]
 
 
 def read_metrics(jsonl: Path, log_lines: list[str], regex: MetricsRegex, started_at: float,
                  timeline: list[tuple[float, int, Optional[int]]]) -> Metrics:
-    """``timeline`` rows are (seconds since start, tree rss, cgroup bytes), to put memory beside each val_end."""
+    """``timeline`` rows are (seconds since start, tree rss, cgroup bytes), to put memory beside each val_end:
+    the latest sample at or before the event."""
     events = _events(jsonl)
     if events:
         train = [e for e in events if e["event"] == "train"]
@@ -65,7 +67,7 @@ def read_metrics(jsonl: Path, log_lines: list[str], regex: MetricsRegex, started
         points = []
         for e in vals:
             t = float(e.get("time", started_at)) - started_at
-            rss, cg = _nearest(timeline, t)
+            rss, cg = _at(timeline, t)
             points.append(ValPoint(step=int(e.get("step", 0)), time=round(t, 3), val_loss=e.get("val_loss"),
                                    rss_bytes=rss, cgroup_bytes=cg))
         steps = [int(e["step"]) for e in events if isinstance(e.get("step"), int)]

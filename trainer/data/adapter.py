@@ -29,6 +29,29 @@ from trainer.tfenv import import_tensorflow
 
 GCS_HOST = "storage.googleapis.com"
 
+# Batch streams started and not yet closed, per split: a diagnostic the trainer reports at each validation end,
+# because a stream that is no longer read but not yet closed still holds all its buffers.
+_live_lock = threading.Lock()
+LIVE_STREAMS: dict[str, int] = {}
+MAX_LIVE_STREAMS: dict[str, int] = {}
+
+
+def live_streams() -> dict[str, dict[str, int]]:
+    """{"now": streams open per split, "max": the most ever open at once per split}."""
+    with _live_lock:
+        return {"now": dict(LIVE_STREAMS), "max": dict(MAX_LIVE_STREAMS)}
+
+
+def _counted(split: str, stream: Iterator[dict]) -> Iterator[dict]:
+    with _live_lock:
+        LIVE_STREAMS[split] = LIVE_STREAMS.get(split, 0) + 1
+        MAX_LIVE_STREAMS[split] = max(MAX_LIVE_STREAMS.get(split, 0), LIVE_STREAMS[split])
+    try:
+        yield from stream
+    finally:
+        with _live_lock:
+            LIVE_STREAMS[split] -= 1
+
 
 class DataSourceError(RuntimeError):
     """The data cannot be read from where the config says; the message is one line."""
@@ -153,8 +176,8 @@ class FramePipeline:
     def batches(self) -> Iterator[dict]:
         """Endless numpy batches: image uint8 [B,S,S,3], instruction bytes [B], actions [B,H,A], ..."""
         if self.knobs.mixing.strategy == "tf":
-            return self._tf_mixed()
-        return PythonMixer(self).batches()
+            return _counted(self.split, self._tf_mixed())
+        return _counted(self.split, PythonMixer(self).batches())
 
     def _tf_mixed(self) -> Iterator[dict]:
         tf = import_tensorflow()

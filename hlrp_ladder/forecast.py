@@ -1,0 +1,105 @@
+"""Memory growth per validation cycle, and where it leads by the end of the long run. Pure functions.
+
+The fit uses memory at each validation end. The first ``warmup`` cycles are left out (buffers still fill
+there), the slope is Theil-Sen (the median of pairwise slopes: robust to a cycle that alternates high/low or
+to one outlier), and growth is only called growth when it rises clearly above the points' own scatter;
+otherwise the series is a plateau and extrapolates flat.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Optional, Sequence
+
+MIB = 2**20
+MIN_GROWTH_BYTES = 8 * MIB  # over the observed window; below this a rise is noise at any scale we care about
+
+
+@dataclass(frozen=True)
+class Fit:
+    kind: str                   # "plateau" | "growth" | "insufficient"
+    slope_per_step: float       # bytes per training step (0 for a plateau)
+    slope_per_cycle: float      # bytes per validation cycle of the probe
+    r2: Optional[float]         # least-squares fit quality of the line on the points used
+    scatter: float              # mean absolute residual around the Theil-Sen line, bytes
+    points_used: int
+    raw_slope_per_step: float   # Theil-Sen slope before the plateau test
+
+
+def fit_growth(points: Sequence[tuple[int, int]], cycle_steps: int, warmup: int = 1) -> Fit:
+    """``points`` are (step, bytes) at each validation end, in order."""
+    pts = list(points)[warmup:] if len(points) - warmup >= 2 else list(points)
+    if len(pts) < 2:
+        return Fit("insufficient", 0.0, 0.0, None, 0.0, len(pts), 0.0)
+    slopes = [(y2 - y1) / (x2 - x1) for (x1, y1), (x2, y2) in combinations(pts, 2) if x2 != x1]
+    slope = statistics.median(slopes)
+    intercept = statistics.median(y - slope * x for x, y in pts)
+    residuals = [y - (intercept + slope * x) for x, y in pts]
+    # The mean (not the median) absolute residual: with 3-4 points a median ignores a cycle that swings.
+    scatter = statistics.fmean(abs(r) for r in residuals)
+    mean_y = statistics.fmean(y for _, y in pts)
+    total = sum((y - mean_y) ** 2 for _, y in pts)
+    r2 = None if total == 0 else max(0.0, 1 - sum(r * r for r in residuals) / total)
+    rise = slope * (pts[-1][0] - pts[0][0])
+    # Growth must be a trend and clearly larger than noise. From 6 points on: Mann-Kendall, one-sided p < 0.01,
+    # and a rise above twice the scatter, 8 MiB and 1 % of the level. With 3-5 points no test reaches that, so
+    # every pair must rise and the rise must pass 4x the scatter, 8 MiB and 5 % of the level. A false "growth"
+    # extrapolated over hundreds of cycles rejects a good batch size, so the bar is high (rates in the tests).
+    n = len(pts)
+    score = sum((s > 0) - (s < 0) for s in slopes)
+    if n >= 6:
+        trend = (score - 1) / math.sqrt(n * (n - 1) * (2 * n + 5) / 18) >= 2.326
+        big = rise > max(2 * scatter, MIN_GROWTH_BYTES, 0.01 * mean_y)
+    else:
+        trend = score == len(slopes)
+        big = rise > max(4 * scatter, MIN_GROWTH_BYTES, 0.05 * mean_y)
+    growing = trend and big
+    effective = slope if growing else 0.0
+    return Fit("growth" if growing else "plateau", effective, effective * cycle_steps, r2, scatter, len(pts), slope)
+
+
+def predict_peak(observed_peak: int, fit: Fit, observed_steps: int, long_run_steps: int) -> int:
+    """The observed peak plus the growth still to come over the rest of the long run."""
+    return int(observed_peak + max(0.0, fit.slope_per_step) * max(0, long_run_steps - observed_steps))
+
+
+def assess(rec, *, cycle_steps: int, warmup: int, long_run_steps: Optional[int], long_run_interval: int,
+           limit_bytes: Optional[int], limit_name: str, headroom_bytes: int):
+    """A stress record's :class:`~hlrp_ladder.records.Forecast`: fit, extrapolation, and whether it fits."""
+    from hlrp_ladder.policy import fit_peak
+    from hlrp_ladder.records import Forecast
+    from hlrp_ladder.sizes import gib
+
+    domain = "cgroup" if rec.limits.cap_bytes is not None and rec.peaks.kernel_bytes is not None else "rss"
+    points = [(p.step, p.cgroup_bytes if domain == "cgroup" else p.rss_bytes) for p in rec.metrics.val_points]
+    points = [(s, b) for s, b in points if b is not None]
+    fit = fit_growth(points, cycle_steps, warmup)
+    peak = fit_peak(rec)
+    observed_steps = rec.metrics.last_step or 0
+    out = Forecast(kind=fit.kind, domain=domain, slope_mib_per_cycle=round(fit.slope_per_cycle / MIB, 2),
+                   slope_mib_per_step=round(fit.slope_per_step / MIB, 4),
+                   raw_slope_mib_per_cycle=round(fit.raw_slope_per_step * cycle_steps / MIB, 2),
+                   r2=None if fit.r2 is None else round(fit.r2, 3), points_used=fit.points_used,
+                   observed_peak_bytes=peak, observed_steps=observed_steps, limit_bytes=limit_bytes,
+                   headroom_bytes=headroom_bytes)
+    growth = (f"+{out.slope_mib_per_cycle:.0f} MiB per validation" if fit.kind == "growth" else
+              f"memory plateau (raw {out.raw_slope_mib_per_cycle:+.0f} MiB per validation is within the "
+              f"scatter)" if fit.kind == "plateau" else f"too few validations to fit ({fit.points_used})")
+    if long_run_steps is None:
+        out.kind = "no_long_run" if fit.kind != "insufficient" else fit.kind
+        out.reason = f"{growth}; no overnight length to extrapolate to"
+        return out
+    cycles = max(1, long_run_steps // long_run_interval)
+    observed_cycles = max(1, observed_steps // cycle_steps)
+    predicted = int(peak + max(0.0, fit.slope_per_cycle) * max(0, cycles - observed_cycles))
+    out.long_run_steps, out.long_run_cycles, out.predicted_peak_bytes = long_run_steps, cycles, predicted
+    if limit_bytes is None:
+        out.reason = f"{growth} -> {gib(predicted)} after {cycles} cycles"
+        return out
+    budget = limit_bytes - headroom_bytes
+    out.fits = predicted <= budget
+    under = f"the {gib(limit_bytes)} {limit_name}" + (f" less {gib(headroom_bytes)} headroom" if headroom_bytes else "")
+    out.reason = f"{growth} -> {gib(predicted)} after {cycles} cycles {'<=' if out.fits else '>'} {under}"
+    return out

@@ -1,0 +1,301 @@
+"""The built-in preflight checks. Each one finds one kind of blocker and says the fix to try."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Iterator, Optional
+
+import psutil
+
+from hlrp_ladder.preflight.core import FAIL, OK, SKIP, WARN, Context, Finding, check
+from hlrp_ladder.sizes import gib
+
+GCS_HOST = "storage.googleapis.com"
+WANDB_HOST = "api.wandb.ai"
+FILE_KEY_ENDINGS = (".checkpoint", "_checkpoint", "_path", ".path", "_file", ".file")
+HUB_KEY_ENDINGS = ("pretrained", "name_or_path", "model_id", "hub_id")
+DIR_KEYS = ("logging.runs_dir", "paths.cache_dir", "paths.data_dir")
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def writable_dir(path: Path) -> Optional[str]:
+    """None if ``path`` exists (or can be made) and a file can be created in it; else why not. Tries for
+    real (a temporary directory, removed again), so a read-only mount or another user's folder is caught."""
+    path = path.expanduser()
+    probe_at = path
+    while not probe_at.exists():
+        if probe_at.parent == probe_at:
+            return f"no existing parent of {path}"
+        probe_at = probe_at.parent
+    if not probe_at.is_dir():
+        return f"{probe_at} is not a directory"
+    try:
+        Path(tempfile.mkdtemp(prefix=".hlrp-preflight-", dir=probe_at)).rmdir()
+    except OSError as exc:
+        if probe_at == path:
+            return f"cannot write in {path}: {exc.strerror or exc}"
+        return f"cannot create {path}: cannot write in its nearest existing parent {probe_at}: {exc.strerror or exc}"
+    return None
+
+
+def reachable(host: str, port: Optional[int], timeout: float) -> Optional[str]:
+    """None if ``host`` resolves (and accepts a TCP connection on ``port``) within ``timeout``; else why not.
+    DNS has no timeout of its own, so it runs in a daemon thread that is abandoned if it hangs."""
+    result: dict = {}
+
+    def resolve() -> None:
+        try:
+            result["addr"] = socket.getaddrinfo(host, port or 443, type=socket.SOCK_STREAM)[0][4]
+        except OSError as exc:
+            result["error"] = f"DNS: {exc}"
+
+    thread = threading.Thread(target=resolve, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        return f"DNS lookup of {host} took over {timeout:g} s"
+    if "error" in result:
+        return result["error"]
+    if port is None:
+        return None
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"TCP {host}:{port}: {exc.strerror or exc}"
+
+
+def _overrides(ctx: Context) -> dict[str, object]:
+    items = dict(ctx.spec.overrides)
+    if ctx.spec.overnight is not None:
+        items.update(ctx.spec.overnight.overrides)
+    return items
+
+
+def _env(ctx: Context) -> dict[str, str]:
+    return {**os.environ, **ctx.spec.env}
+
+
+# ---------------------------------------------------------------------------------------------------- checks
+@check("runs dir")
+def runs_dir(ctx: Context) -> Iterator[Finding]:
+    why = writable_dir(Path(ctx.spec.runs_dir))
+    if why is None:
+        yield Finding("runs dir", OK, f"{ctx.spec.runs_dir} is writable")
+    else:
+        yield Finding("runs dir", FAIL, why, "set runs_dir in the spec to a writable folder, e.g. runs_dir: /tmp/hlrp-runs")
+
+
+@check("trainer dirs")
+def trainer_dirs(ctx: Context) -> Iterator[Finding]:
+    dirs: dict[str, str] = {}
+    cfg = ctx.trainer_config
+    if cfg is not None:
+        dirs["logging.runs_dir"] = cfg.logging.runs_dir
+        dirs["paths.cache_dir"] = cfg.paths.cache_dir
+    for key, value in _overrides(ctx).items():
+        if isinstance(value, str) and value and (key in DIR_KEYS or key.endswith(("_dir", ".dir"))) \
+                and key != "paths.data_dir":
+            dirs[key] = value
+    if not dirs:
+        yield Finding("trainer dirs", SKIP, "no output folders known for this command")
+        return
+    for key, value in sorted(dirs.items()):
+        why = writable_dir(Path(os.path.expanduser(value)))
+        if why is None:
+            yield Finding(f"trainer dir {key}", OK, f"{value} is writable")
+        else:
+            yield Finding(f"trainer dir {key}", FAIL, why,
+                          f"add the override {key}=/tmp/{ctx.spec.name}-{key.split('.')[-1]} (or make it writable)")
+
+
+@check("trainer config")
+def trainer_config(ctx: Context) -> Iterator[Finding]:
+    if ctx.trainer_config_error:
+        yield Finding("trainer config", FAIL, ctx.trainer_config_error, "fix the override in the spec")
+    elif ctx.trainer_config is not None:
+        yield Finding("trainer config", OK, f"the bundled trainer accepts every override "
+                                            f"(experiment={ctx.trainer_config.experiment}, data={ctx.trainer_config.data.name})")
+
+
+@check("datasets")
+def datasets(ctx: Context) -> Iterator[Finding]:
+    cfg = ctx.trainer_config
+    if cfg is None:
+        yield Finding("datasets", SKIP, "not the bundled trainer: its data config is unknown here")
+        return
+    from trainer.data.layout import DatasetLayoutError, dataset_dir, verify
+    from trainer.data.make import MIXTURE
+
+    source = cfg.data.adapter.tf.tfds_read.source
+    data_dir = cfg.data_dir()
+    generated_on_first_use = cfg.paths.data_dir is None and source != "gcs" and \
+        {d.name for d in cfg.data.datasets} <= {s.name for s in MIXTURE}
+    need_gcs = []
+    for entry in cfg.data.datasets:
+        local = dataset_dir(data_dir, entry.name, entry.version)
+        name = f"dataset {entry.name}"
+        if source == "gcs" or (source == "auto" and not (local / "dataset_info.json").is_file()
+                               and not generated_on_first_use):
+            need_gcs.append(entry.name)
+            continue
+        if not (local / "dataset_info.json").is_file() and generated_on_first_use:
+            yield Finding(name, WARN, f"not generated yet at {local}; the first probe would write it (seconds, "
+                                      f"counted in that probe's memory and time)",
+                          f"python -m trainer.data.make --data-dir {data_dir}")
+            continue
+        try:
+            splits = verify(local)
+        except DatasetLayoutError as exc:
+            yield Finding(name, FAIL, str(exc), "re-copy the missing shards into the local mirror, or re-generate it "
+                          f"(python -m trainer.data.make --data-dir {data_dir}); source=gcs reads it remotely")
+            continue
+        shards = sum(len(s.files) for s in splits)
+        yield Finding(name, OK, f"{local}: {len(splits)} splits, all {shards} shards present with the recorded size")
+    if need_gcs:
+        why = reachable(GCS_HOST, 443, ctx.network_timeout_s)
+        names = ", ".join(need_gcs)
+        if why is None:
+            yield Finding("GCS", OK, f"{GCS_HOST}:443 reachable for {names}")
+        else:
+            yield Finding("GCS", FAIL, f"{names} would be read from GCS (tfds_read.source={source}), which is "
+                                       f"unreachable: {why}",
+                          f"mirror the datasets under {data_dir} and set data.adapter.tf.tfds_read.source=local")
+
+
+@check("files")
+def files(ctx: Context) -> Iterator[Finding]:
+    named = {k: v for k, v in _overrides(ctx).items()
+             if isinstance(v, str) and v and v.lower() != "null" and k.endswith(FILE_KEY_ENDINGS)}
+    if not named:
+        yield Finding("files", SKIP, "no override names a file")
+    for key, value in sorted(named.items()):
+        path = Path(os.path.expanduser(value))
+        if path.is_file():
+            yield Finding(f"file {key}", OK, f"{path} exists ({path.stat().st_size} bytes)")
+        else:
+            yield Finding(f"file {key}", FAIL, f"{path} does not exist", f"fix {key} in the spec's overrides")
+
+
+@check("hub cache")
+def hub_cache(ctx: Context) -> Iterator[Finding]:
+    env = _env(ctx)
+    offline = any(env.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    ids = {k: v for k, v in _overrides(ctx).items()
+           if isinstance(v, str) and k.endswith(HUB_KEY_ENDINGS) and "/" in v and not Path(v).exists()}
+    if not offline:
+        yield Finding("hub cache", SKIP, "HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE not set")
+        return
+    if not ids:
+        what = "the bundled trainer builds its models from configs" if ctx.trainer_config is not None else \
+            "no override names a hub model"
+        yield Finding("hub cache", OK, f"offline, and nothing to fetch: {what}")
+        return
+    hub = Path(env.get("HF_HUB_CACHE") or Path(env.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub")
+    for key, repo in sorted(ids.items()):
+        folder = hub.expanduser() / f"models--{repo.replace('/', '--')}"
+        if (folder / "snapshots").is_dir() and any((folder / "snapshots").iterdir()):
+            yield Finding(f"hub {key}", OK, f"{repo} is in {hub}")
+        else:
+            yield Finding(f"hub {key}", FAIL, f"offline, and {repo} is not in the cache {hub}",
+                          f"on a machine with network: huggingface-cli download {repo} (with HF_HOME pointing here)")
+
+
+@check("probe command")
+def probe_command(ctx: Context) -> Iterator[Finding]:
+    argv = ctx.spec.base_command()
+    exe = argv[0] if os.sep in argv[0] else shutil.which(argv[0], path=_env(ctx).get("PATH"))
+    if not exe or not os.access(exe, os.X_OK):
+        yield Finding("probe command", FAIL, f"{argv[0]!r} is not an executable here", "fix command in the spec")
+        return
+    if len(argv) >= 3 and argv[1] == "-m":
+        code = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec(sys.argv[1]) else 3)"
+        try:
+            res = subprocess.run([exe, "-c", code, argv[2]], capture_output=True, text=True, timeout=20,
+                                 env=_env(ctx), cwd=os.getcwd())
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            yield Finding("probe command", FAIL, f"{exe} did not answer: {exc}")
+            return
+        if res.returncode != 0:
+            last = (res.stderr.strip().splitlines() or ["not found"])[-1]
+            yield Finding("probe command", FAIL, f"{exe} cannot import {argv[2]} ({last})",
+                          "install the trainer into that interpreter (pip install -e '.[trainer]')")
+            return
+        yield Finding("probe command", OK, f"{exe} imports {argv[2]}")
+        return
+    script = next((a for a in argv[1:] if a.endswith(".py")), None)
+    if script and not Path(script).is_file():
+        yield Finding("probe command", FAIL, f"{script} does not exist", "fix command in the spec")
+        return
+    yield Finding("probe command", OK, f"{exe} found")
+
+
+@check("memory")
+def memory(ctx: Context) -> Iterator[Finding]:
+    mem, total = ctx.spec.memory, psutil.virtual_memory().total
+    limit = mem.rss_limit_bytes(total)
+    if limit >= total:
+        yield Finding("memory rss_limit", FAIL, f"soft limit {gib(limit)} is not below this machine's {gib(total)}: the "
+                                                f"kernel would kill first", "use a share, e.g. memory.rss_limit: 85%")
+    else:
+        yield Finding("memory rss_limit", OK, f"soft limit {gib(limit)} of {gib(total)} RAM")
+    cap = mem.cap_bytes(total)
+    if cap is None:
+        return
+    if cap >= total:
+        yield Finding("memory cap", FAIL, f"cap {gib(cap)} is not below this machine's {gib(total)}",
+                      "a cap emulates a smaller machine: set it below the RAM here")
+        return
+    from hlrp_ladder.probe import cgroup
+
+    cg, note = cgroup.create(f"preflight-{os.getpid()}-{threading.get_ident()}", cap)
+    if cg is None:
+        yield Finding("memory cap", FAIL, f"cap {gib(cap)} cannot be enforced: {note}",
+                      "run as root (or with a delegated cgroup), or remove memory.cap")
+        return
+    cg.remove()
+    headroom = mem.headroom_bytes(total)
+    if headroom and headroom >= cap:
+        yield Finding("memory headroom", FAIL, f"headroom {gib(headroom)} is not below the cap {gib(cap)}")
+    yield Finding("memory cap", OK, f"cap {gib(cap)} enforceable through a cgroup {cg.version} memory controller")
+
+
+@check("overnight")
+def overnight(ctx: Context) -> Iterator[Finding]:
+    night = ctx.spec.overnight
+    if night is None:
+        yield Finding("overnight", SKIP, "no overnight section")
+        return
+    if night.max_steps is None and night.hours is None:
+        yield Finding("overnight", FAIL, "overnight needs max_steps or hours", "add overnight.max_steps: N")
+    tmux = shutil.which("tmux")
+    if tmux:
+        yield Finding("overnight tmux", OK, f"{tmux}: the long run starts in a tmux session")
+    else:
+        yield Finding("overnight tmux", WARN, "tmux is not installed: the long run starts detached with a log file, "
+                                              "but there is no session to attach to", "apt-get install -y tmux")
+    wandb = [k for k, v in _overrides(ctx).items() if k.endswith("use_wandb") and v in (True, "true", "True", 1)]
+    if wandb and _env(ctx).get("WANDB_MODE", "") not in ("offline", "disabled"):
+        why = reachable(WANDB_HOST, 443, ctx.network_timeout_s)
+        if why:
+            yield Finding("overnight wandb", WARN, f"{wandb[0]}=true but {why}", "set env WANDB_MODE=offline")
+
+
+@check("hosts")
+def hosts(ctx: Context) -> Iterator[Finding]:
+    wanted = ctx.spec.preflight.hosts
+    if not wanted:
+        yield Finding("hosts", SKIP, "no hosts listed (preflight.hosts)")
+        return
+    for item in wanted:
+        host, _, port = item.partition(":")
+        why = reachable(host, int(port) if port else None, ctx.network_timeout_s)
+        if why is None:
+            yield Finding(f"host {item}", OK, "resolves" + (" and accepts connections" if port else ""))
+        else:
+            yield Finding(f"host {item}", FAIL, why, "check the cluster's DNS / VPN, or the host name")
