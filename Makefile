@@ -15,6 +15,10 @@ BIN    := $(VENV)/bin
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
+	@# tmux: launch-overnight starts the long run in a session you can attach to (it falls back without it).
+	@command -v tmux >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && apt-get install -y -qq tmux >/dev/null; } || \
+	  echo "note: tmux not installed (needs root + apt-get); launch-overnight will run without it"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"

@@ -24,12 +24,15 @@ from hlrp_ladder.executors.local import LocalExecutor  # noqa: E402
 from hlrp_ladder.spec import Recipe, load_spec  # noqa: E402
 
 MIB = 2**20
-VARIANTS = [  # name, max_steps, check_interval, limit_batches
-    ("one-val recipe", 35, 30, 1),
-    ("one-val, 2 val batches", 35, 30, 2),
-    ("220 steps, 1 validation (at 200), 2 batches", 220, 200, 2),
-    ("220 steps, 4 validations, 1 batch", 220, 50, 1),
-    ("stress recipe: 220 steps, 4 validations, 2 batches", 220, 50, 2),
+ARENAS = {"MALLOC_ARENA_MAX": "2"}
+VARIANTS = [  # name, max_steps, check_interval, limit_batches, extra env
+    ("one-val recipe", 35, 30, 1, {}),
+    ("one-val, 2 val batches", 35, 30, 2, {}),
+    ("220 steps, 1 validation (at 200), 2 batches", 220, 200, 2, {}),
+    ("220 steps, 4 validations, 1 batch", 220, 50, 1, {}),
+    ("stress recipe: 220 steps, 4 validations, 2 batches", 220, 50, 2, {}),
+    ("one-val recipe, MALLOC_ARENA_MAX=2", 35, 30, 1, ARENAS),
+    ("stress recipe, MALLOC_ARENA_MAX=2", 220, 50, 2, ARENAS),
 ]
 
 
@@ -41,10 +44,10 @@ def main() -> None:
     spec = load_spec(ROOT / "ladders" / "local_s2.yaml")
     rows = []
     with tempfile.TemporaryDirectory(prefix="hlrp-stress-") as tmp:
-        for i, (name, steps, every, batches) in enumerate(VARIANTS):
+        for i, (name, steps, every, batches, env) in enumerate(VARIANTS):
             recipe = Recipe(max_steps=steps, check_interval=every, limit_batches=batches, keys=spec.probe.keys)
             req = ProbeRequest(folder=Path(tmp) / f"v{i}", batch_size=args.bs, phase="bench", attempt=1,
-                               argv=spec.argv(args.bs, recipe), env={}, cwd=str(ROOT),
+                               argv=spec.argv(args.bs, recipe), env=env, cwd=str(ROOT),
                                rss_limit_bytes=spec.memory.rss_limit_bytes(), cap_bytes=None, metric="rss",
                                interval_s=0.1, timeout_s=900, kill_grace_s=5, cgroup_name=f"stress-attr-{os.getpid()}-{i}")
             rec = LocalExecutor().run(req)

@@ -80,7 +80,8 @@ def run(spec_path: Path = typer.Argument(..., metavar="SPEC", help="ladder spec 
     if run_ref is not None and not resume:
         raise StoreError(f"{run_ref}: a RUN is only taken with --resume")
     spec = load_spec(spec_path)
-    _preflight(spec, spec_path, skip_preflight)
+    if not resume:  # a resume continues what already passed preflight; run `preflight` to re-check
+        _preflight(spec, spec_path, skip_preflight)
     view = LiveView(err)
     result = run_ladder(spec, executors.get("local"), view, (run_ref or "latest") if resume else None,
                         ["hlrp-ladder", *sys.argv[1:]])
@@ -173,6 +174,79 @@ def report(run: Optional[str] = typer.Argument(None, help="run folder, NAME/RUN-
     else:
         print(path.read_text(), end="")
     err.print(f"wrote {path}", highlight=False)
+
+
+def _run_and_spec(run: Optional[str], runs_dir: Path, spec_path: Optional[Path]):
+    """The run (default: the latest) and its spec: the given file, or the run's snapshot."""
+    import yaml
+
+    from hlrp_ladder.spec import masked_keys, parse_spec
+
+    name = None
+    spec = None
+    if spec_path is not None:
+        spec = load_spec(spec_path)
+        runs_dir, name = Path(spec.runs_dir), spec.name
+    store = RunStore.find(runs_dir, run, name)
+    if spec is None:
+        snapshot = store.root / "spec.yaml"
+        text = snapshot.read_text()
+        hidden = masked_keys(yaml.safe_load(text) or {})
+        if hidden:
+            raise StoreError(f"{snapshot}: {', '.join(hidden)} masked in the snapshot; pass the spec with --spec SPEC")
+        spec = parse_spec(text, str(snapshot))
+    return store, spec
+
+
+@app.command("launch-overnight")
+@user_errors
+def launch_overnight(run: Optional[str] = typer.Argument(None, help="the ladder run (default: the latest)"),
+                     pick: str = typer.Option(..., "--pick", help="'stable' (the run's pick) or a batch size"),
+                     dry_run: bool = typer.Option(False, "--dry-run", help="print what would start; start nothing"),
+                     force: bool = typer.Option(False, "--force", help="launch an unconfirmed pick, or replace a "
+                                                "live long run"),
+                     spec_path: Optional[Path] = typer.Option(None, "--spec", help="the spec file (default: the run's "
+                                                              "snapshot)"),
+                     runs_dir: Path = typer.Option(Path("runs"), help="where runs are"),
+                     skip_preflight: bool = typer.Option(False, "--skip-preflight")):
+    """Start the long run with the pick, detached (tmux when installed), under the same memory monitor."""
+    from hlrp_ladder import overnight
+
+    store, spec = _run_and_spec(run, runs_dir, spec_path)
+    plan = overnight.plan_launch(spec, store, pick, force)
+    for line in overnight.describe_launch(plan):
+        out.print(line, highlight=False, markup=False)
+    if dry_run:
+        out.print("dry run: nothing started", highlight=False)
+        return
+    overnight.refuse_if_live(store, force)
+    _preflight(spec, spec_path or store.root / "spec.yaml", skip_preflight)
+    info = overnight.launch(store, plan, force)
+    where = f"tmux attach -t {plan.tmux_session}" if plan.tmux_session else f"tail -f {plan.request.folder / 'log.txt'}"
+    out.print(f"started: monitor pid {info.get('pid')}; watch: {where}; hlrp-ladder status {store.root}",
+              highlight=False, markup=False)
+
+
+@app.command()
+@user_errors
+def status(run: Optional[str] = typer.Argument(None, help="the ladder run (default: the latest)"),
+           as_json: bool = typer.Option(False, "--json", help="for scripts"),
+           runs_dir: Path = typer.Option(Path("runs"), help="where runs are"),
+           spec_path: Optional[Path] = typer.Option(None, "--spec")):
+    """Is the long run running or over, how much memory against the limit and the forecast, and how it ended."""
+    from hlrp_ladder import overnight
+    from hlrp_ladder.report import load_run
+
+    if spec_path is not None:
+        spec = load_spec(spec_path)
+        runs_dir = Path(spec.runs_dir)
+    store = RunStore.find(runs_dir, run, spec.name if spec_path is not None else None)
+    st = overnight.status(store, load_run(store).spec)
+    if as_json:
+        print(json.dumps(st, indent=2))
+        return
+    for line in overnight.status_lines(st):
+        out.print(line, highlight=False, markup=False)
 
 
 @app.command("runs")

@@ -21,12 +21,13 @@ from hlrp_ladder.store import RESULT, RunStore, StoreError, probe_folder_name, w
 class StopFlag:
     """SIGINT/SIGTERM set a flag the monitor polls, so the probe's tree is killed and recorded, not orphaned."""
 
-    def __init__(self) -> None:
+    def __init__(self, signals: tuple = (signal.SIGINT, signal.SIGTERM)) -> None:
         self.raised = False
+        self.signals = signals
         self._old: dict[int, object] = {}
 
     def __enter__(self) -> "StopFlag":
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in self.signals:
             self._old[sig] = signal.signal(sig, self._handle)
         return self
 

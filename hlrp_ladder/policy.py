@@ -130,7 +130,8 @@ def describe(rec: ProbeRecord) -> str:
     if rec.outcome == Outcome.timeout:
         return f"{head} after {rec.duration_s:.0f} s"
     if rec.outcome in (Outcome.error, Outcome.cuda_oom):
-        line = f": {ev.log_line}" if ev.log_line else ""
+        text = ev.log_line or ""
+        line = f": {text[:117]}..." if len(text) > 120 else (f": {text}" if text else "")
         return f"{head} (exit {ev.exit_code}{line})"
     if rec.outcome == Outcome.ok:
         return f"bs={rec.batch_size}{phase} ok at {gib(fit_peak(rec))}"

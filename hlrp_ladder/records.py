@@ -44,6 +44,7 @@ class Peaks(_Model):
     sampled_rss_bytes: int = 0               # max over samples of the tree's summed RSS
     sampled_pss_bytes: Optional[int] = None  # max over samples of the tree's summed PSS (metric: pss)
     cgroup_sampled_bytes: Optional[int] = None
+    gpu_sampled_bytes: Optional[int] = None  # max GPU memory of the tree's processes (NVML), where there is a GPU
     max_procs: int = 0
     samples: int = 0
 

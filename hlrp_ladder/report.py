@@ -64,6 +64,8 @@ def frame(view: RunView) -> pd.DataFrame:
             "kernel GiB": None if rec.peaks.kernel_bytes is None else round(rec.peaks.kernel_bytes / GIB, 3),
             f"sampled {rec.limits.metric} GiB": round(sampled / GIB, 3) if sampled else None,
             "% cap": _pct(rec.peaks.kernel_bytes, rec.limits.cap_bytes),
+            **({"GPU GiB": round((rec.peaks.gpu_sampled_bytes or 0) / GIB, 2)}
+               if any(r.peaks.gpu_sampled_bytes is not None for r in view.records) else {}),
             "% soft": _pct(sampled, rec.limits.rss_limit_bytes),
             "s": round(rec.duration_s, 1),
             "step/s": _round(rec.metrics.step_per_s), "samples/s": _round(rec.metrics.samples_per_s),
@@ -246,6 +248,7 @@ def markdown(view: RunView, png_name: Optional[str], report_command: str,
         lines.append("")
         if forecast_png:
             lines += [f"![memory growth forecast]({forecast_png})", ""]
+    lines += _overnight_lines(view)
     if view.warnings:
         lines += ["## Warnings", ""] + [f"- {w}" for w in view.warnings] + [""]
     if png_name:
@@ -253,8 +256,32 @@ def markdown(view: RunView, png_name: Optional[str], report_command: str,
     return "\n".join(lines)
 
 
+def _overnight_lines(view: RunView) -> list[str]:
+    from hlrp_ladder import overnight
+
+    if not overnight.folders(view.store):
+        return []
+    st = overnight.status(view.store, view.spec)
+    lines = ["## Overnight run", "", f"`{st['folder']}`: bs={st['batch_size']}, **{st['state']}**"]
+    if st["state"] == "ended":
+        lines[-1] += f" at {st['ended_at']} after {st['elapsed_s'] / 60:.1f} min: {st['summary']}."
+        lines.append(f"Evidence: {st['evidence']['detail']} (exit {st['evidence']['exit_code']}).")
+    else:
+        lines[-1] += (f", {st.get('elapsed_s', 0) / 60:.1f} min in; memory {gib(st.get('rss_bytes'))} RSS now, "
+                      f"{gib(st.get('peak_rss_bytes'))} at peak.")
+    if st["metrics"]:
+        lines.append(f"Last metrics: step {st['metrics'].get('step')}, val loss {st['metrics'].get('val_loss')}.")
+    if st["forecast"]:
+        lines.append(f"The ladder's forecast at this batch size: {st['forecast']['reason']}.")
+    return lines + [""]
+
+
 def as_json(view: RunView) -> str:
+    from hlrp_ladder import overnight
+
+    night = overnight.status(view.store, view.spec) if overnight.folders(view.store) else None
     return json.dumps({
+        "overnight": night,
         "name": view.spec.name, "run": str(view.store.root), "status": view.state.get("status"),
         "pick": view.verdict.pick, "reason": view.verdict.reason, "exit_code": view.verdict.exit_code,
         "confirmed_by": view.verdict.confirmed_by,

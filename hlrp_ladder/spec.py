@@ -84,7 +84,8 @@ class Overnight(_Strict):
     overrides: dict[str, Scalar] = {}
     env: dict[str, str] = {}
     tmux_session: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.-]+$",
-                                        description="default: hlrp-<name>; started in tmux when tmux is installed")
+                                        description="default: hlrp-<name>-<run>-<folder>; used when tmux is installed")
+    timeout_s: Optional[float] = Field(None, gt=0, description="stop the long run after this long (default: never)")
 
 
 class Preflight(_Strict):
@@ -230,13 +231,17 @@ class Spec(_Strict):
 
     def fingerprint(self) -> str:
         """Identifies what a run measures; ``--resume`` refuses a spec whose fingerprint changed."""
-        data = self.model_dump(mode="json", exclude={"runs_dir"})
+        # The long run's settings and the preflight's do not change what the ladder measures.
+        data = self.model_dump(mode="json", exclude={"runs_dir", "overnight", "preflight"})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def masked(self) -> dict:
         data = self.model_dump(mode="json")
         data["env"] = mask(data["env"])
         data["overrides"] = mask(data["overrides"])
+        if data.get("overnight"):
+            data["overnight"]["env"] = mask(data["overnight"]["env"])
+            data["overnight"]["overrides"] = mask(data["overnight"]["overrides"])
         return data
 
 
@@ -246,6 +251,15 @@ def _render(value: Scalar) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def masked_keys(data: dict) -> list[str]:
+    """Keys whose values a snapshot masked (so it cannot be launched as it is)."""
+    out = [f"env.{k}" for k, v in (data.get("env") or {}).items() if v == MASK]
+    out += [f"overrides.{k}" for k, v in (data.get("overrides") or {}).items() if v == MASK]
+    night = data.get("overnight") or {}
+    out += [f"overnight.env.{k}" for k, v in (night.get("env") or {}).items() if v == MASK]
+    return out
 
 
 def is_secret(name: str) -> bool:

@@ -90,7 +90,7 @@ def test_cli_schema_is_json_schema():
 
 
 def test_shipped_ladders_validate():
-    for path in sorted((ROOT / "ladders").glob("*.yaml")):
+    for path in sorted((ROOT / "ladders").glob("**/*.yaml")):
         load_spec(path)
 
 

@@ -22,7 +22,7 @@ class ProbeRequest:
     cap_bytes: Optional[int]
     metric: str                    # "rss" | "pss"
     interval_s: float
-    timeout_s: float
+    timeout_s: Optional[float]     # None: no limit (the long run)
     kill_grace_s: float
     cgroup_name: str
     metrics_regex: MetricsRegex = field(default_factory=MetricsRegex)

@@ -53,7 +53,9 @@ class _Stopper:
 def run_probe(request: ProbeRequest, on_sample: Optional[OnSample] = None,
               should_stop: Optional[ShouldStop] = None) -> ProbeRecord:
     folder = request.folder
-    folder.mkdir(parents=True, exist_ok=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / RESULT).exists():
+        raise FileExistsError(f"{folder / RESULT} exists: a probe folder is used once")
     metrics_path, log_path = folder / "metrics.jsonl", folder / "log.txt"
     env_diff = _env_diff(request, metrics_path)
     write_json(folder / "argv.json", {"argv": mask_argv(request.argv), "env": mask(env_diff), "cwd": request.cwd})
@@ -107,12 +109,14 @@ def run_probe(request: ProbeRequest, on_sample: Optional[OnSample] = None,
                 peaks.sampled_pss_bytes = max(peaks.sampled_pss_bytes or 0, sample.pss)
             if sample.cgroup is not None:
                 peaks.cgroup_sampled_bytes = max(peaks.cgroup_sampled_bytes or 0, sample.cgroup)
+            if sample.gpu is not None:
+                peaks.gpu_sampled_bytes = max(peaks.gpu_sampled_bytes or 0, sample.gpu)
             measured = sample.pss if request.metric == "pss" else sample.rss
             if should_stop is not None and should_stop():
                 stopper.stop("interrupted", False, 0, kill)
             elif measured is not None and measured > request.rss_limit_bytes:
                 stopper.stop("rss_breach", False, 0, kill)
-            elif sample.t > request.timeout_s:
+            elif request.timeout_s is not None and sample.t > request.timeout_s:
                 stopper.stop("timeout", True, request.kill_grace_s, kill)
             stopper.escalate(kill)
             if on_sample is not None:

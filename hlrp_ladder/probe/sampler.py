@@ -10,7 +10,7 @@ import psutil
 
 from hlrp_ladder.probe.cgroup import MemoryCgroup
 
-CSV_HEADER = "t,rss,pss,n_procs,cgroup\n"
+CSV_HEADER = "t,rss,pss,n_procs,cgroup,gpu\n"
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -21,10 +21,39 @@ class Sample:
     pss: Optional[int]             # summed proportional set size, when the metric is pss
     n_procs: int
     cgroup: Optional[int]          # bytes charged to the probe's cgroup
+    gpu: Optional[int] = None      # GPU memory used by the tree's processes (NVML), where there is a GPU
 
     def csv(self) -> str:
         return f"{self.t:.3f},{self.rss},{'' if self.pss is None else self.pss},{self.n_procs}," \
-               f"{'' if self.cgroup is None else self.cgroup}\n"
+               f"{'' if self.cgroup is None else self.cgroup},{'' if self.gpu is None else self.gpu}\n"
+
+
+class GpuReader:
+    """GPU memory per process through NVML (nvidia-ml-py), when it and a GPU are there; otherwise inert."""
+
+    def __init__(self) -> None:
+        self.nvml = None
+        self.handles: list = []
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            self.nvml = pynvml
+        except Exception:  # no library, no driver, no GPU: nothing to read
+            self.handles = []
+
+    def used_by(self, pids) -> Optional[int]:
+        if not self.handles:
+            return None
+        total = 0
+        for handle in self.handles:
+            try:
+                procs = self.nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+            except Exception:
+                continue
+            total += sum(p.usedGpuMemory or 0 for p in procs if p.pid in pids)
+        return total
 
 
 class _OpenFiles:
@@ -80,6 +109,7 @@ class TreeSampler:
         self.start = time.monotonic()
         self.scan_every_s, self.last_scan, self.gap = scan_every_s, float("-inf"), 0.1
         self.files = _OpenFiles()
+        self.gpu = GpuReader()
 
     def refresh(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -121,7 +151,8 @@ class TreeSampler:
                 usage = int(self.files.read(f"{self.cgroup.path}/{name}"))
             except (OSError, ValueError):
                 usage = None
-        return Sample(time.monotonic() - self.start, rss, pss if self.with_pss else None, n, usage)
+        gpu = self.gpu.used_by(self.known.keys()) if self.gpu.handles else None
+        return Sample(time.monotonic() - self.start, rss, pss if self.with_pss else None, n, usage, gpu)
 
     def close(self) -> None:
         self.files.close()

@@ -1,0 +1,157 @@
+"""launch-overnight and status with real detached processes: they outlive the launching command."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import MEMHOG, cli
+
+
+def ladder(tmp_path: Path, *, overnight: str, cap: str = "", extra_args=(), stress: str = "",
+           command=None) -> Path:
+    argv = command or [sys.executable, str(MEMHOG), "base_mb=30", "mb_per_sample=5", "step_s=0.01", *extra_args]
+    cap_line = f"  cap: {cap}\n" if cap else ""
+    spec = tmp_path / "n.yaml"
+    spec.write_text(f"name: night\ncommand: {json.dumps(argv)}\nbatch_sizes: [2, 4]\n"
+                    f"probe: {{max_steps: 20, check_interval: 10, limit_batches: 1}}\n{stress}"
+                    f"memory:\n  rss_limit: 4GiB\n{cap_line}  sample_interval_s: 0.05\n"
+                    f"overnight: {overnight}\nruns_dir: {tmp_path / 'runs'}\n")
+    res = cli("run", str(spec), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    return spec
+
+
+def status(tmp_path: Path, env=None) -> dict:
+    res = cli("status", "--runs-dir", str(tmp_path / "runs"), "--json", cwd=tmp_path, env=env)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def wait_state(tmp_path: Path, state: str, timeout=60.0, env=None) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = status(tmp_path, env)
+        if st["state"] == state:
+            return st
+        time.sleep(0.3)
+    raise AssertionError(f"never reached {state}: {st}")
+
+
+def no_tmux_env() -> dict:
+    """PATH without tmux: the detached-session fallback."""
+    bin_dir = Path(sys.executable).parent
+    return {**os.environ, "PATH": f"{bin_dir}:/nonexistent"}
+
+
+@pytest.fixture
+def tmux_cleanup():
+    yield
+    if shutil.which("tmux"):
+        subprocess.run(["tmux", "kill-server"], capture_output=True)
+
+
+@pytest.mark.parametrize("with_tmux", [True, False], ids=["tmux", "no-tmux"])
+def test_launch_outlives_the_command_and_status_follows_it(tmp_path, with_tmux, tmux_cleanup, marker):
+    if with_tmux and not shutil.which("tmux"):
+        pytest.fail("tmux is part of the set-up (make setup installs it); it is missing here")
+    env = None if with_tmux else no_tmux_env()
+    ladder(tmp_path, overnight="{max_steps: 300, check_interval: 100, limit_batches: 1}", extra_args=[marker])
+    start = time.monotonic()
+    res = cli("launch-overnight", "--pick", "stable", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path, env=env)
+    took = time.monotonic() - start
+    assert res.returncode == 0, res.stderr
+    assert ("tmux attach -t" in res.stdout) == with_tmux
+    # the launching command has exited; the long run goes on without it
+    st = wait_state(tmp_path, "running", env=env)
+    assert st["batch_size"] == 4 and psutil.pid_exists(st["monitor_pid"])
+    assert (st["tmux_session"] is not None) == with_tmux
+    st = wait_state(tmp_path, "ended", env=env)
+    assert st["outcome"] == "ok" and st["metrics"]["step"] == 300 and st["metrics"]["val_loss"] is not None
+    folder = Path(st["folder"])
+    assert {"argv.json", "log.txt", "memory.csv", "metrics.jsonl", "result.json", "request.json",
+            "monitor.json"} <= {p.name for p in folder.iterdir()}
+    assert took < 15
+
+
+def test_dry_run_starts_nothing(tmp_path, marker):
+    ladder(tmp_path, overnight="{max_steps: 300}", extra_args=[marker])
+    res = cli("launch-overnight", "--pick", "stable", "--dry-run", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "dry run: nothing started" in res.stdout
+    assert '"training.max_steps=300"' in res.stdout and '"data.loader.batch_size=4"' in res.stdout
+    assert "HLRP_LADDER_METRICS" in res.stdout and "log.txt" in res.stdout
+    run = next((tmp_path / "runs" / "night").iterdir())
+    assert not list(run.glob("overnight*"))
+    time.sleep(0.5)
+    assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+
+
+def test_second_launch_is_refused_while_one_is_alive_and_force_replaces_it(tmp_path, tmux_cleanup, marker):
+    ladder(tmp_path, overnight="{max_steps: 100000, check_interval: 1000, limit_batches: 1}", extra_args=[marker])
+    runs = str(tmp_path / "runs")
+    assert cli("launch-overnight", "--pick", "stable", "--runs-dir", runs, cwd=tmp_path).returncode == 0
+    first = wait_state(tmp_path, "running")
+    again = cli("launch-overnight", "--pick", "stable", "--runs-dir", runs, cwd=tmp_path)
+    assert again.returncode == 2
+    assert again.stderr.startswith(f"error: an overnight run is alive: {first['folder']} (bs=4, monitor pid "
+                                   f"{first['monitor_pid']}")
+    forced = cli("launch-overnight", "--pick", "stable", "--force", "--runs-dir", runs, cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    old = json.loads((Path(first["folder"]) / "result.json").read_text())
+    assert old["outcome"] == "interrupted"
+    st = wait_state(tmp_path, "running")
+    assert st["folder"].endswith("overnight-2")
+    subprocess.run(["kill", str(st["monitor_pid"])])
+    assert wait_state(tmp_path, "ended")["outcome"] == "interrupted"
+
+
+def test_long_run_oom_killed_under_the_cap_is_reported_as_such(tmp_path, need_cgroup, tmux_cleanup, marker):
+    # one-val probes fit under 150 MiB; the long run keeps 20 MiB more per validation until the kernel kills it
+    ladder(tmp_path, overnight="{max_steps: 2000, check_interval: 20, limit_batches: 1}", cap="150MiB",
+           extra_args=["growth_mb_per_val=20", marker])
+    assert cli("launch-overnight", "--pick", "stable", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path).returncode == 0
+    st = wait_state(tmp_path, "ended", timeout=90)
+    assert st["outcome"] == "oom_killed", st
+    assert st["evidence"]["exit_code"] == 137 and st["evidence"]["oom_kills_after"] >= 1
+    human = cli("status", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path).stdout
+    assert "ENDED" in human and "bs=4 overnight oom_killed at 150 MiB under a 150 MiB cap" in human
+    assert "evidence: the kernel OOM-killed the main process; exit 137 (SIGKILL); oom_kill 0 -> 1" in human
+
+
+def test_refuses_without_a_stress_confirmed_pick(tmp_path):
+    # a stress section whose probe cannot pass: no pick at all
+    ladder_spec = tmp_path / "n.yaml"
+    argv = [sys.executable, str(MEMHOG), "base_mb=30", "step_s=0.01", "growth_mb_per_val=0"]
+    ladder_spec.write_text(f"name: night\ncommand: {json.dumps(argv)}\nbatch_sizes: [2]\n"
+                           f"probe: {{max_steps: 10, check_interval: 5, limit_batches: 1}}\n"
+                           f"stress: {{max_steps: 20, check_interval: 5, limit_batches: 1, timeout_s: 0.05}}\n"
+                           f"overnight: {{max_steps: 100}}\nruns_dir: {tmp_path / 'runs'}\n")
+    assert cli("run", str(ladder_spec), cwd=tmp_path).returncode == 3
+    res = cli("launch-overnight", "--pick", "stable", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert res.returncode == 2 and "this run has no pick (no stable rung:" in res.stderr
+    forced = cli("launch-overnight", "--pick", "stable", "--force", "--dry-run", "--runs-dir", str(tmp_path / "runs"))
+    assert forced.returncode == 2  # nothing to launch: --pick <bs> is the way
+    by_hand = cli("launch-overnight", "--pick", "2", "--dry-run", "--runs-dir", str(tmp_path / "runs"))
+    assert by_hand.returncode == 0 and "bs=2 chosen by hand" in by_hand.stdout
+
+
+def test_reference_trainer_overnight_for_a_few_steps(tmp_path, tiny_data, tmux_cleanup):
+    command = [sys.executable, "-m", "trainer.train", f"paths.data_dir={tiny_data}",
+               f"logging.runs_dir={tmp_path / 'truns'}", "data.adapter.tf.image_size=32",
+               "data.adapter.tf.shuffle_buffer=50", "training.metrics_every_n_steps=2"]
+    spec = tmp_path / "n.yaml"
+    spec.write_text(f"name: night\ncommand: {json.dumps(command)}\nbatch_sizes: [2]\n"
+                    f"probe: {{max_steps: 4, check_interval: 2, limit_batches: 1}}\n"
+                    f"overnight: {{max_steps: 8, check_interval: 4, limit_batches: 1}}\nruns_dir: {tmp_path / 'runs'}\n")
+    assert cli("run", str(spec), cwd=tmp_path, timeout=300).returncode == 0
+    assert cli("launch-overnight", "--pick", "stable", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path).returncode == 0
+    st = wait_state(tmp_path, "ended", timeout=180)
+    assert st["outcome"] == "ok" and st["metrics"]["step"] == 8
+    assert Path(st["metrics"]["artifact"]).name == "smolvla_shared_stage2_artifact.pt"
+    assert Path(st["metrics"]["artifact"]).is_file()
