@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from hlrp_ladder import executors, policy
-from hlrp_ladder.spec import Spec, SpecError, load_spec, mask, mask_argv
+from hlrp_ladder.spec import Spec, SpecError, load_spec
 from hlrp_ladder.store import RunStore, StoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -80,8 +80,7 @@ def run(spec_path: Path = typer.Argument(..., metavar="SPEC", help="ladder spec 
     if run_ref is not None and not resume:
         raise StoreError(f"{run_ref}: a RUN is only taken with --resume")
     spec = load_spec(spec_path)
-    if not resume:  # a resume continues what already passed preflight; run `preflight` to re-check
-        _preflight(spec, spec_path, skip_preflight)
+    _preflight(spec, spec_path, skip_preflight)  # on resume too: a shard or a dir can vanish between attempts
     view = LiveView(err)
     result = run_ladder(spec, executors.get("local"), view, (run_ref or "latest") if resume else None,
                         ["hlrp-ladder", *sys.argv[1:]])
@@ -99,26 +98,8 @@ def run(spec_path: Path = typer.Argument(..., metavar="SPEC", help="ladder spec 
 @user_errors
 def validate(spec_path: Path = typer.Argument(..., metavar="SPEC")):
     """Check a spec and print the probes it would run (argv, env diff)."""
-    spec = load_spec(spec_path)
-    mem = spec.memory
-    cap = "none" if mem.cap is None else f"{mem.cap} = {mem.cap_bytes() / 2**30:.2f} GiB (cgroup charge)"
-    out.print(f"{spec_path}: ok — {len(spec.batch_sizes)} rungs {spec.batch_sizes}; soft limit {mem.rss_limit} = "
-              f"{mem.rss_limit_bytes() / 2**30:.2f} GiB ({mem.metric}); cap {cap}; timeout {spec.timeout_s:g} s",
-              highlight=False)
-    env = mask({**spec.env, "HLRP_LADDER_METRICS": "<probe folder>/metrics.jsonl"})
-    out.print("env: " + " ".join(f"{k}={v}" for k, v in env.items()), highlight=False, markup=False)
-    for bs in spec.batch_sizes:
-        out.print(f"bs={bs}: {shlex.join(mask_argv(spec.argv(bs)))}", highlight=False, markup=False, soft_wrap=True)
-    if spec.stress is not None:
-        out.print(f"stress, at each candidate from the pick down (here bs=N): "
-                  f"{shlex.join(mask_argv(spec.argv(0, spec.recipe('stress'))))[:-1]}N (timeout "
-                  f"{spec.timeout('stress'):g} s)", highlight=False, markup=False, soft_wrap=True)
-    plan = spec.plan()
-    extras = [f"refine={plan.refine} granularity={plan.granularity}" if plan.refine != "none" else "",
-              f"repeats={plan.repeats}" if plan.repeats > 1 else "",
-              f"headroom {plan.headroom_bytes / 2**30:.2f} GiB under the {plan.limit_name}" if plan.headroom_bytes else ""]
-    if any(extras):
-        out.print("; ".join(e for e in extras if e), highlight=False, markup=False)
+    for line in load_spec(spec_path).summary_lines(str(spec_path)):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("preflight")

@@ -191,8 +191,11 @@ def launch(store: RunStore, plan: Launch, force: bool, wait_s: float = 15.0) -> 
     if plan.tmux_session:
         if subprocess.run(["tmux", "has-session", "-t", f"={plan.tmux_session}"], capture_output=True).returncode == 0:
             raise LaunchError(f"tmux session {plan.tmux_session!r} exists already; set overnight.tmux_session")
-        # Several arguments: tmux executes the monitor directly, without sh -c.
-        subprocess.run(["tmux", "new-session", "-d", "-s", plan.tmux_session, "-c", plan.request.cwd,
+        # The launcher's environment, as the probes had it: a tmux server started earlier would otherwise give
+        # the long run its own. Several command arguments: tmux executes the monitor directly, without sh -c.
+        env = [arg for key, value in os.environ.items() if not key.startswith("TMUX")
+               for arg in ("-e", f"{key}={value}")]
+        subprocess.run(["tmux", "new-session", "-d", "-s", plan.tmux_session, "-c", plan.request.cwd, *env,
                         "--", *plan.monitor_argv], check=True, capture_output=True)
     else:
         with open(folder / "monitor.log", "ab") as log:

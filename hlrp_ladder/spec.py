@@ -229,6 +229,30 @@ class Spec(_Strict):
                            repeats=self.repeats, stress=self.stress is not None, stress_recipe=recipe,
                            limit_bytes=limit, limit_name=name, headroom_bytes=self.memory.headroom_bytes())
 
+    def summary_lines(self, source: str) -> list[str]:
+        """What `validate` prints: the limits, and every probe's argv and env diff."""
+        import shlex
+
+        mem = self.memory
+        cap = "none" if mem.cap is None else f"{mem.cap} = {mem.cap_bytes() / 2**30:.2f} GiB (cgroup charge)"
+        lines = [f"{source}: ok — {len(self.batch_sizes)} rungs {self.batch_sizes}; soft limit {mem.rss_limit} = "
+                 f"{mem.rss_limit_bytes() / 2**30:.2f} GiB ({mem.metric}); cap {cap}; timeout {self.timeout_s:g} s",
+                 "env: " + " ".join(f"{k}={v}" for k, v in
+                                    mask({**self.env, "HLRP_LADDER_METRICS": "<probe folder>/metrics.jsonl"}).items())]
+        lines += [f"bs={bs}: {shlex.join(mask_argv(self.argv(bs)))}" for bs in self.batch_sizes]
+        if self.stress is not None:
+            argv = shlex.join(mask_argv(self.argv(0, self.recipe("stress"))))
+            lines.append(f"stress, at each candidate from the pick down (here bs=N): {argv[:-1]}N "
+                         f"(timeout {self.timeout('stress'):.0f} s)")
+        plan = self.plan()
+        extras = [f"refine={plan.refine} granularity={plan.granularity}" if plan.refine != "none" else "",
+                  f"repeats={plan.repeats}" if plan.repeats > 1 else "",
+                  f"headroom {plan.headroom_bytes / 2**30:.2f} GiB under the {plan.limit_name}"
+                  if plan.headroom_bytes else ""]
+        if any(extras):
+            lines.append("; ".join(e for e in extras if e))
+        return lines
+
     def fingerprint(self) -> str:
         """Identifies what a run measures; ``--resume`` refuses a spec whose fingerprint changed."""
         # The long run's settings and the preflight's do not change what the ladder measures.

@@ -1,7 +1,6 @@
 """The ladder end to end through the real CLI: picks, exit codes, resume after SIGKILL, Ctrl-C, corrupt records,
 reports."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -9,7 +8,6 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 
 from tests.conftest import MEMHOG, cli
 

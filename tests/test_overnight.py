@@ -51,9 +51,13 @@ def no_tmux_env() -> dict:
 
 @pytest.fixture
 def tmux_cleanup():
+    """Ends the tmux sessions these tests started (named after the spec, 'night'), and no other."""
     yield
     if shutil.which("tmux"):
-        subprocess.run(["tmux", "kill-server"], capture_output=True)
+        names = subprocess.run(["tmux", "ls", "-F", "#S"], capture_output=True, text=True).stdout.split()
+        for name in names:
+            if name.startswith("hlrp-night-"):
+                subprocess.run(["tmux", "kill-session", "-t", f"={name}"], capture_output=True)
 
 
 @pytest.mark.parametrize("with_tmux", [True, False], ids=["tmux", "no-tmux"])

@@ -100,7 +100,7 @@ def test_probe_command_that_cannot_import_its_module(tmp_path):
                                            f"batch_sizes: [1]\nruns_dir: {tmp_path / 'runs'}\n")
     f = findings(cli("preflight", str(spec), "--json"))["probe command"]
     assert f["status"] == "fail" and "cannot import no_such_trainer_mod" in f["detail"]
-    spec.write_text(f"name: x\ncommand: [/nonexistent/python, x.py]\nbatch_sizes: [1]\n")
+    spec.write_text("name: x\ncommand: [/nonexistent/python, x.py]\nbatch_sizes: [1]\n")
     f = findings(cli("preflight", str(spec), "--json"))["probe command"]
     assert f["status"] == "fail" and "is not an executable here" in f["detail"]
 

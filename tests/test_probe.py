@@ -1,6 +1,5 @@
 """Every outcome of the taxonomy, each from a real process under the real monitor."""
 import os
-import signal
 import time
 from pathlib import Path
 
