@@ -218,7 +218,7 @@ def markdown(view: RunView, png_name: Optional[str], report_command: str,
         f"({psutil.cpu_count()} cores, {gib(mem, 1)} RAM).",
         "",
         f"**Pick: {'bs=' + str(view.verdict.pick) if view.verdict.pick is not None else 'none'}** — "
-        f"{view.verdict.reason}.",
+        f"{view.verdict.reason.rstrip('.')}.",
         "",
         _limits_text(view),
         "",
