@@ -45,6 +45,8 @@ def test_ok_writes_the_whole_probe_folder(tmp_path):
     assert rec.peaks.kernel_bytes >= 60 * MIB and rec.peaks.sampled_rss_bytes >= 60 * MIB
     assert rec.metrics.source == "jsonl" and rec.metrics.val_loss == pytest.approx(0.05)
     assert [p.step for p in rec.metrics.val_points] == [10, 20]
+    # the last validation ends the run: its memory is the process's, not a sample taken as it exits
+    assert all(p.rss_bytes >= 60 * MIB for p in rec.metrics.val_points)
     assert "HLRP_TEST" in (folder / "argv.json").read_text()
 
 

@@ -57,8 +57,10 @@ def _at(timeline: list[tuple[float, int, Optional[int]]], t: float) -> tuple[Opt
 
 def read_metrics(jsonl: Path, log_lines: list[str], regex: MetricsRegex, started_at: float,
                  timeline: list[tuple[float, int, Optional[int]]]) -> Metrics:
-    """``timeline`` rows are (seconds since start, tree rss, cgroup bytes), to put memory beside each val_end:
-    the latest sample at or before the event."""
+    """``timeline`` rows are (seconds since ``started_at``, tree rss, cgroup bytes), to put memory beside each
+    val_end: the latest sample at or before the event. ``started_at`` must be the wall-clock time the
+    timeline counts from (the sampler's start, not the spawn), or the last validation of a run reads a sample
+    taken after it, as the process exits."""
     events = _events(jsonl)
     if events:
         train = [e for e in events if e["event"] == "train"]

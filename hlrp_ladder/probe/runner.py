@@ -137,11 +137,12 @@ def run_probe(request: ProbeRequest, on_sample: Optional[OnSample] = None,
     if cg is not None:
         cg.remove()
     return _finish(request, started_at, exited_at, status, stopper.reason, oom_before, oom_after, oom_counter, cg,
-                   cg_note, peaks, timeline, leftovers)
+                   cg_note, peaks, timeline, leftovers, sampler.start_wall)
 
 
 def _finish(request: ProbeRequest, started_at: float, exited_at: float, status: int, stop_reason, oom_before,
-            oom_after, oom_counter: str, cg, cg_note: str, peaks: Peaks, timeline, leftovers: int) -> ProbeRecord:
+            oom_after, oom_counter: str, cg, cg_note: str, peaks: Peaks, timeline, leftovers: int,
+            timeline_start: Optional[float] = None) -> ProbeRecord:
     folder = request.folder
     log_lines = read_tail(folder / "log.txt")
     outcome, evidence = classify(status, stop_reason, oom_before, oom_after, oom_counter, log_lines)
@@ -153,7 +154,8 @@ def _finish(request: ProbeRequest, started_at: float, exited_at: float, status: 
         outcome=outcome, evidence=evidence, peaks=peaks,
         limits=Limits(metric=request.metric, rss_limit_bytes=request.rss_limit_bytes, cap_bytes=request.cap_bytes,
                       cgroup=str(cg) if cg else None, cgroup_note=cg_note),
-        metrics=read_metrics(folder / "metrics.jsonl", log_lines, request.metrics_regex, started_at, timeline),
+        metrics=read_metrics(folder / "metrics.jsonl", log_lines, request.metrics_regex,
+                             timeline_start or started_at, timeline),
         started_at=started_at, ended_at=exited_at, argv=mask_argv(request.argv))
     write_json(folder / RESULT, record.model_dump(mode="json"))
     (folder / RUNNING).unlink(missing_ok=True)

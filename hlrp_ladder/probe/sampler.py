@@ -107,6 +107,7 @@ class TreeSampler:
         self.root = psutil.Process(root_pid)
         self.known: dict[int, psutil.Process] = {root_pid: self.root}
         self.start = time.monotonic()
+        self.start_wall = time.time()  # what sample.t counts from, on the clock the trainer's events use
         self.scan_every_s, self.last_scan, self.gap = scan_every_s, float("-inf"), 0.1
         self.files = _OpenFiles()
         self.gpu = GpuReader()
