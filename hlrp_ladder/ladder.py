@@ -111,8 +111,9 @@ def run_ladder(spec: Spec, executor: Executor, view: LiveView, resume: Optional[
     loaded = store.load()
     for warning in loaded.warnings:
         view.message(f"warning: {warning}")
-    records = loaded.records
     plan = spec.plan()
+    # A stress record is written, then rewritten with its forecast: one killed in between gets it again here.
+    records = [with_forecast(spec, plan, r) if r.forecast is None else r for r in loaded.records]
     for rec in policy.latest(records).values():
         view.message(f"resume: {policy.describe(rec)} (kept from {rec.folder})")
     with StopFlag() as stop:
@@ -128,7 +129,8 @@ def run_ladder(spec: Spec, executor: Executor, view: LiveView, resume: Optional[
             view.finish(record)
             records.append(record)
         if stop():
-            reason = (f"interrupted; resume with: hlrp-ladder run SPEC --resume {store.root}")
+            spec_arg = (command_line or [])[2] if len(command_line or []) > 2 else "SPEC"
+            reason = f"interrupted; resume with: hlrp-ladder run {spec_arg} --resume {store.root}"
             store.write_state(status="interrupted", reason=reason, exit_code=policy.EXIT_INTERRUPTED)
             return RunResult(store, policy.Verdict(None, reason, policy.EXIT_INTERRUPTED), records)
     verdict = policy.verdict(plan, records)
