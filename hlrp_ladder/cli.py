@@ -216,13 +216,12 @@ def status(run: Optional[str] = typer.Argument(None, help="the ladder run (defau
            spec_path: Optional[Path] = typer.Option(None, "--spec")):
     """Is the long run running or over, how much memory against the limit and the forecast, and how it ended."""
     from hlrp_ladder import overnight
-    from hlrp_ladder.report import load_run
 
     if spec_path is not None:
         spec = load_spec(spec_path)
         runs_dir = Path(spec.runs_dir)
     store = RunStore.find(runs_dir, run, spec.name if spec_path is not None else None)
-    st = overnight.status(store, load_run(store).spec)
+    st = overnight.status(store)
     if as_json:
         print(json.dumps(st, indent=2))
         return

@@ -60,11 +60,6 @@ def fit_growth(points: Sequence[tuple[int, int]], cycle_steps: int, warmup: int 
     return Fit("growth" if growing else "plateau", effective, effective * cycle_steps, r2, scatter, len(pts), slope)
 
 
-def predict_peak(observed_peak: int, fit: Fit, observed_steps: int, long_run_steps: int) -> int:
-    """The observed peak plus the growth still to come over the rest of the long run."""
-    return int(observed_peak + max(0.0, fit.slope_per_step) * max(0, long_run_steps - observed_steps))
-
-
 def assess(rec, *, cycle_steps: int, warmup: int, long_run_steps: Optional[int], long_run_interval: int,
            limit_bytes: Optional[int], limit_name: str, headroom_bytes: int):
     """A stress record's :class:`~hlrp_ladder.records.Forecast`: fit, extrapolation, and whether it fits."""

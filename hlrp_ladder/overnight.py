@@ -27,6 +27,7 @@ import psutil
 
 from hlrp_ladder import policy
 from hlrp_ladder.executors import ProbeRequest
+from hlrp_ladder.ladder import StopFlag, long_run_steps
 from hlrp_ladder.probe.cgroup import safe_name
 from hlrp_ladder.records import ProbeRecord
 from hlrp_ladder.spec import MetricsRegex, Recipe, Spec, mask, mask_argv
@@ -125,7 +126,7 @@ def _steps(spec: Spec, records: list[ProbeRecord], bs: int) -> tuple[int, str]:
         raise LaunchError(f"overnight.hours={night.hours} needs a measured step rate at bs={bs}, and no probe of "
                           f"this run at that batch size reported one; set overnight.max_steps instead")
     rate = mine[0].metrics.step_per_s
-    return int(night.hours * 3600 * rate), f"overnight.hours={night.hours} x {rate:.3f} step/s (from {mine[0].folder})"
+    return long_run_steps(spec, mine[0]), f"overnight.hours={night.hours} x {rate:.3f} step/s (from {mine[0].folder})"
 
 
 def plan_launch(spec: Spec, store: RunStore, pick: str, force: bool) -> Launch:
@@ -170,10 +171,12 @@ def live_runs(store: RunStore) -> list[Path]:
 
 def refuse_if_live(store: RunStore, force: bool) -> None:
     """A second long run of the same ladder while one is alive is refused (naming it), unless --force."""
-    for folder in live_runs(store):
-        if force:
+    if force:
+        return
+    for folder in folders(store):
+        alive = monitor_alive(folder)
+        if alive is None:
             continue
-        alive = monitor_alive(folder) or {}
         tmux = f", tmux {alive['tmux_session']}" if alive.get("tmux_session") else ""
         raise LaunchError(f"an overnight run is alive: {folder} (bs={_read(folder / REQUEST)['batch_size']}, "
                           f"monitor pid {alive.get('pid')}{tmux}); hlrp-ladder status shows it, --force stops it "
@@ -224,7 +227,7 @@ def stop(folder: Path, grace_s: float = 30.0) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- status
-def status(store: RunStore, spec: Spec) -> dict:
+def status(store: RunStore) -> dict:
     """What happened to the long run: running or ended, memory against the limit and the forecast, metrics."""
     runs = folders(store)
     if not runs:
@@ -253,7 +256,7 @@ def status(store: RunStore, spec: Spec) -> dict:
                                         "the machine rebooted?); the last heartbeat is below",
                    rss_bytes=beat.get("rss"), peak_rss_bytes=beat.get("peak_rss"))
     out["metrics"] = _last_metrics(folder / "metrics.jsonl")
-    out["forecast"] = _ladder_forecast(store, spec, req.batch_size)
+    out["forecast"] = _ladder_forecast(store, req.batch_size)
     return out
 
 
@@ -312,7 +315,7 @@ def _last_metrics(path: Path) -> dict:
     return last
 
 
-def _ladder_forecast(store: RunStore, spec: Spec, bs: int) -> Optional[dict]:
+def _ladder_forecast(store: RunStore, bs: int) -> Optional[dict]:
     for rec in store.load().records:
         if rec.batch_size == bs and rec.phase == "stress" and rec.forecast is not None:
             fc = rec.forecast
@@ -325,7 +328,6 @@ def _ladder_forecast(store: RunStore, spec: Spec, bs: int) -> Optional[dict]:
 def monitor_main(folder: Path) -> int:
     """The detached monitor: run the long run under the probe runner, with a heartbeat, until it ends."""
     from hlrp_ladder.executors.local import LocalExecutor
-    from hlrp_ladder.ladder import StopFlag
 
     req = request_from_json(json.loads((folder / REQUEST).read_text()))
     me = psutil.Process()

@@ -261,7 +261,7 @@ def _overnight_lines(view: RunView) -> list[str]:
 
     if not overnight.folders(view.store):
         return []
-    st = overnight.status(view.store, view.spec)
+    st = overnight.status(view.store)
     lines = ["## Overnight run", "", f"`{st['folder']}`: bs={st['batch_size']}, **{st['state']}**"]
     if st["state"] == "ended":
         lines[-1] += f" at {st['ended_at']} after {st['elapsed_s'] / 60:.1f} min: {st['summary']}."
@@ -279,7 +279,7 @@ def _overnight_lines(view: RunView) -> list[str]:
 def as_json(view: RunView) -> str:
     from hlrp_ladder import overnight
 
-    night = overnight.status(view.store, view.spec) if overnight.folders(view.store) else None
+    night = overnight.status(view.store) if overnight.folders(view.store) else None
     return json.dumps({
         "overnight": night,
         "name": view.spec.name, "run": str(view.store.root), "status": view.state.get("status"),

@@ -67,10 +67,13 @@ class MemoryCgroup:
     def procs_file(self) -> Path:
         return self.path / "cgroup.procs"
 
+    @property
+    def usage_file(self) -> Path:
+        return self.path / ("memory.usage_in_bytes" if self.version == 1 else "memory.current")
+
     def usage(self) -> Optional[int]:
-        name = "memory.usage_in_bytes" if self.version == 1 else "memory.current"
         try:
-            return int(_read(self.path / name))
+            return int(_read(self.usage_file))
         except (OSError, ValueError):
             return None
 

@@ -147,9 +147,8 @@ class TreeSampler:
                 continue
         usage = None
         if self.cgroup is not None:
-            name = "memory.usage_in_bytes" if self.cgroup.version == 1 else "memory.current"
             try:
-                usage = int(self.files.read(f"{self.cgroup.path}/{name}"))
+                usage = int(self.files.read(str(self.cgroup.usage_file)))
             except (OSError, ValueError):
                 usage = None
         gpu = self.gpu.used_by(self.known.keys()) if self.gpu.handles else None
