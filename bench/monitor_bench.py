@@ -85,9 +85,9 @@ def monitor_cost(tmp: Path, seconds: float, with_cgroup: bool) -> dict:
         if sample.n_procs == 16:
             marks.append((len(marks), time.monotonic(), _cpu()))
 
-    original = cgroups._mounts
+    original = cgroups.mounts
     if not with_cgroup:
-        cgroups._mounts = lambda: (None, None)
+        cgroups.mounts = lambda: (None, None)
     try:
         cpu0, wall0 = _cpu(), time.monotonic()
         rec = probe(tmp, f"cost-{'cg' if with_cgroup else 'nocg'}",
@@ -95,7 +95,7 @@ def monitor_cost(tmp: Path, seconds: float, with_cgroup: bool) -> dict:
                      "step_s=1"], on_sample=on_sample)
         cpu_all, wall_all = _cpu() - cpu0, time.monotonic() - wall0
     finally:
-        cgroups._mounts = original
+        cgroups.mounts = original
     (_, w1, c1), (_, w2, c2) = marks[10], marks[-1]
     steady = (c2 - c1) / (w2 - w1)
     return {"procs": rec.peaks.max_procs, "samples": len(marks) - 10, "steady_wall_s": round(w2 - w1, 2),

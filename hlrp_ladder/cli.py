@@ -88,8 +88,9 @@ def run(spec_path: Path = typer.Argument(..., metavar="SPEC", help="ladder spec 
     if verdict.exit_code == policy.EXIT_PICK:
         out.print(f"[bold green]pick: bs={verdict.pick}[/] — {verdict.reason}", highlight=False)
     else:
-        err.print(f"[bold red]{'no pick' if verdict.exit_code == policy.EXIT_NO_STABLE else 'stopped'}[/] — "
-                  f"{verdict.reason}", highlight=False)
+        label = {policy.EXIT_NO_STABLE: "no pick", policy.EXIT_INCONCLUSIVE: "inconclusive"}.get(verdict.exit_code,
+                                                                                              "stopped")
+        err.print(f"[bold red]{label}[/] — {verdict.reason}", highlight=False)
     out.print(f"run: {result.store.root}  (report: hlrp-ladder report {result.store.root})", highlight=False)
     raise typer.Exit(verdict.exit_code)
 

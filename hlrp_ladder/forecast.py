@@ -62,13 +62,18 @@ def fit_growth(points: Sequence[tuple[int, int]], cycle_steps: int, warmup: int 
 
 def assess(rec, *, cycle_steps: int, warmup: int, long_run_steps: Optional[int], long_run_interval: int,
            limit_bytes: Optional[int], limit_name: str, headroom_bytes: int):
-    """A stress record's :class:`~hlrp_ladder.records.Forecast`: fit, extrapolation, and whether it fits."""
+    """A stress record's :class:`~hlrp_ladder.records.Forecast`: fit, both extrapolations, and whether it fits.
+
+    Only validation ends with a known memory reading count (see ``ValPoint.time_source``): a point whose time
+    is unknown has no memory beside it, and too few known points make the forecast ``insufficient`` (never a
+    plateau read from wrong samples)."""
     from hlrp_ladder.policy import fit_peak
     from hlrp_ladder.records import Forecast
     from hlrp_ladder.sizes import gib
 
     domain = "cgroup" if rec.limits.cap_bytes is not None and rec.peaks.kernel_bytes is not None else "rss"
-    points = [(p.step, p.cgroup_bytes if domain == "cgroup" else p.rss_bytes) for p in rec.metrics.val_points]
+    vals = rec.metrics.val_points
+    points = [(p.step, p.cgroup_bytes if domain == "cgroup" else p.rss_bytes) for p in vals]
     points = [(s, b) for s, b in points if b is not None]
     fit = fit_growth(points, cycle_steps, warmup)
     peak = fit_peak(rec)
@@ -77,24 +82,47 @@ def assess(rec, *, cycle_steps: int, warmup: int, long_run_steps: Optional[int],
                    slope_mib_per_step=round(fit.slope_per_step / MIB, 4),
                    raw_slope_mib_per_cycle=round(fit.raw_slope_per_step * cycle_steps / MIB, 2),
                    r2=None if fit.r2 is None else round(fit.r2, 3), points_used=fit.points_used,
-                   observed_peak_bytes=peak, observed_steps=observed_steps, limit_bytes=limit_bytes,
+                   observed_peak_bytes=peak, observed_steps=observed_steps,
+                   observed_cycles=max(1, observed_steps // cycle_steps), limit_bytes=limit_bytes,
                    headroom_bytes=headroom_bytes)
+    if fit.kind == "insufficient":
+        unknown = len(vals) - len(points)
+        why = f"{len(points)} validation end(s) with a known memory reading, at least 2 needed"
+        if unknown:
+            why += (f"; {unknown} of {len(vals)} had no known time (no sane \"time\" from the trainer and not seen "
+                    f"while the probe ran)")
+        elif not vals:
+            why += ("; the probe reported no validation (metrics protocol val_end events, or "
+                    "metrics_regex.val_loss for a trainer that does not speak it)")
+        out.reason = f"growth cannot be forecast: {why}"
+        return out
     growth = (f"+{out.slope_mib_per_cycle:.0f} MiB per validation" if fit.kind == "growth" else
-              f"memory plateau (raw {out.raw_slope_mib_per_cycle:+.0f} MiB per validation is within the "
-              f"scatter)" if fit.kind == "plateau" else f"too few validations to fit ({fit.points_used})")
+              f"memory plateau (raw {out.raw_slope_mib_per_cycle:+.0f} MiB per validation is within the scatter)")
     if long_run_steps is None:
-        out.kind = "no_long_run" if fit.kind != "insufficient" else fit.kind
+        out.kind = "no_long_run"
         out.reason = f"{growth}; no overnight length to extrapolate to"
         return out
     cycles = max(1, long_run_steps // long_run_interval)
-    observed_cycles = max(1, observed_steps // cycle_steps)
-    predicted = int(peak + max(0.0, fit.slope_per_cycle) * max(0, cycles - observed_cycles))
-    out.long_run_steps, out.long_run_cycles, out.predicted_peak_bytes = long_run_steps, cycles, predicted
+    per_validation = int(peak + max(0.0, fit.slope_per_cycle) * max(0, cycles - out.observed_cycles))
+    per_step = int(peak + max(0.0, fit.slope_per_step) * max(0, long_run_steps - observed_steps))
+    out.long_run_steps, out.long_run_cycles = long_run_steps, cycles
+    out.predicted_per_validation_bytes, out.predicted_per_step_bytes = per_validation, per_step
+    # Judge by the worse model; a tie reads as "per validation", the way the fit was measured.
+    out.model = "per validation" if per_validation >= per_step else "per step"
+    predicted = out.predicted_peak_bytes = max(per_validation, per_step)
+    if out.model == "per validation":
+        claim = f"{growth} -> {gib(predicted)} after {cycles} cycles"
+        other = f"per step: {gib(per_step)} after {long_run_steps} steps"
+    else:
+        claim = f"+{out.slope_mib_per_step:.2f} MiB per step -> {gib(predicted)} after {long_run_steps} steps"
+        other = f"per validation: {gib(per_validation)} after {cycles} cycles"
     if limit_bytes is None:
-        out.reason = f"{growth} -> {gib(predicted)} after {cycles} cycles"
-        return out
-    budget = limit_bytes - headroom_bytes
-    out.fits = predicted <= budget
-    under = f"the {gib(limit_bytes)} {limit_name}" + (f" less {gib(headroom_bytes)} headroom" if headroom_bytes else "")
-    out.reason = f"{growth} -> {gib(predicted)} after {cycles} cycles {'<=' if out.fits else '>'} {under}"
+        out.reason = claim
+    else:
+        budget = limit_bytes - headroom_bytes
+        out.fits = predicted <= budget
+        under = f"the {gib(limit_bytes)} {limit_name}" + (f" less {gib(headroom_bytes)} headroom" if headroom_bytes else "")
+        out.reason = f"{claim} {'<=' if out.fits else '>'} {under}"
+    if abs(per_validation - per_step) >= MIB:
+        out.reason += f" ({other})"
     return out

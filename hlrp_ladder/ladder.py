@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import os
 import signal
+import uuid
 from dataclasses import dataclass, field
 from typing import Optional
 
-from hlrp_ladder import forecast, policy
-from hlrp_ladder.executors import Executor, ProbeRequest
+from hlrp_ladder import forecast, host, policy
+from hlrp_ladder.executors import Executor
 from hlrp_ladder.live import LiveView
+from hlrp_ladder.probe import cgroup as cgroups
 from hlrp_ladder.probe.cgroup import safe_name
-from hlrp_ladder.records import Outcome, ProbeRecord
+from hlrp_ladder.records import Outcome, ProbeRecord, ProbeRequest
 from hlrp_ladder.spec import Spec
 from hlrp_ladder.store import RESULT, RunStore, StoreError, probe_folder_name, write_json
 
@@ -76,42 +78,64 @@ def with_forecast(spec: Spec, plan: policy.Plan, rec: ProbeRecord) -> ProbeRecor
     return rec
 
 
-def build_request(spec: Spec, store: RunStore, rung: policy.Rung) -> ProbeRequest:
-    folder = probe_folder_name(rung.batch_size, rung.phase, rung.repeat)
+def build_request(spec: Spec, plan: policy.Plan, store: RunStore, rung: policy.Rung) -> ProbeRequest:
+    """The probe a rung runs, with the limits the run resolved when it started (``plan``)."""
+    folder = probe_folder_name(rung.batch_size, rung.phase, rung.repeat, rung.retry)
+    recipe = spec.recipe(rung.phase)
     return ProbeRequest(
         folder=store.root / folder, batch_size=rung.batch_size, phase=rung.phase, repeat=rung.repeat,
-        attempt=store.attempts(folder), argv=spec.argv(rung.batch_size, spec.recipe(rung.phase)),
-        env=dict(spec.env), cwd=os.getcwd(), rss_limit_bytes=spec.memory.rss_limit_bytes(),
-        cap_bytes=spec.memory.cap_bytes(), metric=spec.memory.metric, interval_s=spec.memory.sample_interval_s,
-        timeout_s=spec.timeout(rung.phase), kill_grace_s=spec.kill_grace_s,
-        cgroup_name=safe_name(f"{spec.name}-{store.root.name}-{folder}-{os.getpid()}"),
-        metrics_regex=spec.metrics_regex)
+        retry=rung.retry, attempt=store.attempts(folder), argv=spec.argv(rung.batch_size, recipe),
+        env=dict(spec.env), cwd=os.getcwd(), rss_limit_bytes=plan.rss_limit_bytes, cap_bytes=plan.cap_bytes,
+        metric=spec.memory.metric, interval_s=spec.memory.sample_interval_s, timeout_s=spec.timeout(rung.phase),
+        kill_grace_s=spec.kill_grace_s, cgroup_name=safe_name(f"{spec.name}-{store.root.name}-{folder}"),
+        probe_id=f"{spec.name}/{store.root.name}/{folder}/{uuid.uuid4().hex[:12]}",
+        check_interval=recipe.check_interval, metrics_regex=spec.metrics_regex)
 
 
-def open_run(spec: Spec, resume: Optional[str], command_line: list[str], view: LiveView) -> RunStore:
-    """A new run, or the run to resume (``resume='latest'`` for the spec's latest), locked for this process."""
+def resolve_plan(spec: Spec) -> tuple[policy.Plan, dict]:
+    """The plan and host facts of a new run: percentages of the memory this process can really use."""
+    usable = host.usable_memory()
+    plan = spec.plan(usable)
+    return plan, host.facts(plan.cap_bytes)
+
+
+def open_run(spec: Spec, resume: Optional[str], command_line: list[str], view: LiveView) -> tuple[RunStore, policy.Plan]:
+    """A new run, or the run to resume (``resume='latest'`` for the spec's latest), locked for this process,
+    and the plan it is judged by (the one stored when it started)."""
+    removed, busy = cgroups.sweep_stale()
+    for path in removed:
+        view.message(f"removed a stale probe cgroup: {path}")
+    for path in busy:
+        view.message(f"warning: {path} still holds processes of a probe whose monitor is gone; "
+                     f"--resume of its run kills them")
     if resume is None:
-        store = RunStore.create(spec, command_line)
+        plan, facts = resolve_plan(spec)
+        store = RunStore.create(spec, command_line, plan.to_json(), facts)
         store.lock()
-        return store
+        return store, plan
     store = RunStore.find(spec.runs_dir, None if resume == "latest" else resume, spec.name)
-    if store.state().get("fingerprint") != spec.fingerprint():
+    state = store.state()
+    if state.get("fingerprint") != spec.fingerprint():
         raise StoreError(f"{store.root}: the spec changed since this run started; start a new run instead "
                          f"of resuming")
     store.lock()
     for note in store.set_aside():
         view.message(f"resume: {note}")
+    if state.get("plan"):
+        plan = policy.Plan.from_json(state["plan"])
+    else:  # a run from before plans were stored: resolve now, and keep it
+        plan, facts = resolve_plan(spec)
+        store.write_state(plan=plan.to_json(), host=facts)
     store.write_state(status="running")
-    return store
+    return store, plan
 
 
 def run_ladder(spec: Spec, executor: Executor, view: LiveView, resume: Optional[str] = None,
                command_line: Optional[list[str]] = None) -> RunResult:
-    store = open_run(spec, resume, command_line or [], view)
+    store, plan = open_run(spec, resume, command_line or [], view)
     loaded = store.load()
     for warning in loaded.warnings:
         view.message(f"warning: {warning}")
-    plan = spec.plan()
     # A stress record is written, then rewritten with its forecast: one killed in between gets it again here.
     records = [with_forecast(spec, plan, r) if r.forecast is None else r for r in loaded.records]
     for rec in policy.latest(records).values():
@@ -121,7 +145,7 @@ def run_ladder(spec: Spec, executor: Executor, view: LiveView, resume: Optional[
             rung = policy.next_rung(plan, records)
             if rung is None:
                 break
-            request = build_request(spec, store, rung)
+            request = build_request(spec, plan, store, rung)
             view.start(request)
             record = with_forecast(spec, plan, executor.run(request, view.on_sample, stop))
             if record.forecast is not None:
@@ -132,9 +156,9 @@ def run_ladder(spec: Spec, executor: Executor, view: LiveView, resume: Optional[
             spec_arg = (command_line or [])[2] if len(command_line or []) > 2 else "SPEC"
             reason = f"interrupted; resume with: hlrp-ladder run {spec_arg} --resume {store.root}"
             store.write_state(status="interrupted", reason=reason, exit_code=policy.EXIT_INTERRUPTED)
-            return RunResult(store, policy.Verdict(None, reason, policy.EXIT_INTERRUPTED), records)
+            return RunResult(store, policy.Verdict(None, reason, policy.EXIT_INTERRUPTED, status="interrupted"),
+                             records)
     verdict = policy.verdict(plan, records)
-    store.write_state(status="done", pick=verdict.pick, reason=verdict.reason, exit_code=verdict.exit_code,
-                      confirmed_by=verdict.confirmed_by)
+    store.write_state(status="inconclusive" if verdict.inconclusive else "done", pick=verdict.pick,
+                      reason=verdict.reason, exit_code=verdict.exit_code, confirmed_by=verdict.confirmed_by)
     return RunResult(store, verdict, records)
-

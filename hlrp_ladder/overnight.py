@@ -11,7 +11,6 @@ orchestrator, and the trainer dies with it (PR_SET_PDEATHSIG), so nothing runs u
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -26,12 +26,11 @@ from typing import Optional
 import psutil
 
 from hlrp_ladder import policy
-from hlrp_ladder.executors import ProbeRequest
 from hlrp_ladder.ladder import StopFlag, long_run_steps
 from hlrp_ladder.probe.cgroup import safe_name
-from hlrp_ladder.records import ProbeRecord
-from hlrp_ladder.spec import MetricsRegex, Recipe, Spec, mask, mask_argv
-from hlrp_ladder.store import RESULT, RunStore, StoreError, write_json
+from hlrp_ladder.records import ProbeRecord, ProbeRequest
+from hlrp_ladder.spec import Recipe, Spec, mask, mask_argv
+from hlrp_ladder.store import RESULT, RunStore, StoreError, atomic_write, write_json
 
 REQUEST, MONITOR, STATUS = "request.json", "monitor.json", "status.json"
 HEARTBEAT_S = 5.0
@@ -75,15 +74,38 @@ def monitor_alive(folder: Path) -> Optional[dict]:
 
 # ---------------------------------------------------------------------------------------------------- the request
 def request_to_json(req: ProbeRequest) -> dict:
-    data = dataclasses.asdict(dataclasses.replace(req, metrics_regex=MetricsRegex()))
-    data["folder"] = str(req.folder)
-    data["metrics_regex"] = req.metrics_regex.model_dump()
+    """request.json: the request with its environment's secrets masked (the real values travel in ENV_FILE)."""
+    data = req.model_dump(mode="json")
+    data["env"] = mask(data["env"])
     return data
 
 
 def request_from_json(data: dict) -> ProbeRequest:
-    return ProbeRequest(**{**data, "folder": Path(data["folder"]),
-                           "metrics_regex": MetricsRegex.model_validate(data["metrics_regex"])})
+    return ProbeRequest.model_validate(data)
+
+
+ENV_FILE = ".env.json"   # the launcher's environment for the monitor: owner-only, read once and deleted
+
+
+def write_env_file(folder: Path, env: dict[str, str]) -> Path:
+    """Hand the monitor its environment through a file only the owner can read: on a command line (``tmux -e
+    K=V``) every user of the machine could read a secret in /proc/*/cmdline."""
+    path = folder / ENV_FILE
+    atomic_write(path, json.dumps(env), private=True)
+    return path
+
+
+def load_env_file(folder: Path) -> None:
+    """In the monitor: take the launcher's environment as its own, then delete the file."""
+    path = folder / ENV_FILE
+    try:
+        env = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # started by hand: the environment it was started with is the one it has
+    path.unlink(missing_ok=True)
+    tmux = {k: v for k, v in os.environ.items() if k.startswith("TMUX")}  # the session it really runs in
+    os.environ.clear()
+    os.environ.update({**env, **tmux})
 
 
 @dataclass
@@ -96,8 +118,8 @@ class Launch:
     note: str                            # where the steps count came from, what confirmed the pick
 
 
-def _pick(spec: Spec, records: list[ProbeRecord], pick: str, force: bool) -> tuple[int, str]:
-    verdict = policy.verdict(spec.plan(), records)
+def _pick(spec: Spec, store: RunStore, records: list[ProbeRecord], pick: str, force: bool) -> tuple[int, str]:
+    verdict = policy.verdict(store.plan(spec)[0], records)
     if pick != "stable":
         try:
             bs = int(pick)
@@ -108,6 +130,9 @@ def _pick(spec: Spec, records: list[ProbeRecord], pick: str, force: bool) -> tup
             raise LaunchError(f"--pick {bs}: no probe of this run passed at bs={bs} (ok: {sorted(tested)}); "
                               f"--force launches it anyway")
         return bs, f"bs={bs} chosen by hand (the run's pick: {verdict.pick})"
+    if verdict.inconclusive:
+        raise LaunchError(f"this run is inconclusive ({verdict.reason}); there is no stable pick to launch — "
+                          f"--pick <bs> launches a batch size you choose")
     if verdict.pick is None:
         raise LaunchError(f"this run has no pick ({verdict.reason}); finish or resume the ladder, or choose one "
                           f"with --pick <bs>")
@@ -133,18 +158,23 @@ def plan_launch(spec: Spec, store: RunStore, pick: str, force: bool) -> Launch:
     if spec.overnight is None:
         raise LaunchError("the spec has no overnight section (max_steps or hours, check_interval, ...)")
     records = store.load().records
-    bs, why = _pick(spec, records, pick, force)
+    bs, why = _pick(spec, store, records, pick, force)
+    plan = store.plan(spec)[0]
     steps, how = _steps(spec, records, bs)
     night = spec.overnight
     recipe = Recipe(max_steps=steps, check_interval=night.check_interval, limit_batches=night.limit_batches,
                     keys=spec.probe.keys)
     folder = _next_folder(store)
+    # The long run gets the limits the ladder was judged by, and a gentle stop: SIGTERM, then
+    # overnight.kill_grace_s to save a checkpoint and close its loggers, then SIGKILL.
     req = ProbeRequest(
         folder=folder.resolve(), batch_size=bs, phase="overnight", attempt=1,
         argv=spec.argv(bs, recipe, extra=night.overrides), env={**spec.env, **night.env}, cwd=os.getcwd(),
-        rss_limit_bytes=spec.memory.rss_limit_bytes(), cap_bytes=spec.memory.cap_bytes(), metric=spec.memory.metric,
-        interval_s=spec.memory.sample_interval_s, timeout_s=night.timeout_s, kill_grace_s=spec.kill_grace_s,
-        cgroup_name=safe_name(f"{spec.name}-{store.root.name}-{folder.name}"), metrics_regex=spec.metrics_regex)
+        rss_limit_bytes=plan.rss_limit_bytes, cap_bytes=plan.cap_bytes, metric=spec.memory.metric,
+        interval_s=spec.memory.sample_interval_s, timeout_s=night.timeout_s, kill_grace_s=night.kill_grace_s,
+        stop_grace_s=night.kill_grace_s, cgroup_name=safe_name(f"{spec.name}-{store.root.name}-{folder.name}"),
+        probe_id=f"{spec.name}/{store.root.name}/{folder.name}/{uuid.uuid4().hex[:12]}",
+        check_interval=night.check_interval, metrics_regex=spec.metrics_regex)
     session = None
     if shutil.which("tmux"):
         session = night.tmux_session or safe_name(f"hlrp-{spec.name}-{store.root.name}-{folder.name}")
@@ -189,16 +219,18 @@ def launch(store: RunStore, plan: Launch, force: bool, wait_s: float = 15.0) -> 
     for folder in live_runs(store):
         stop(folder)
     folder = plan.request.folder
+    if plan.tmux_session and subprocess.run(["tmux", "has-session", "-t", f"={plan.tmux_session}"],
+                                            capture_output=True).returncode == 0:
+        raise LaunchError(f"tmux session {plan.tmux_session!r} exists already; set overnight.tmux_session")
     folder.mkdir(parents=True)
     write_json(folder / REQUEST, request_to_json(plan.request))
+    # The launcher's environment, as the probes had it (a tmux server started earlier would otherwise give the
+    # long run its own), with the spec's: through an owner-only file, never on a command line.
+    write_env_file(folder, {**{k: v for k, v in os.environ.items() if not k.startswith("TMUX")},
+                            **plan.request.env})
     if plan.tmux_session:
-        if subprocess.run(["tmux", "has-session", "-t", f"={plan.tmux_session}"], capture_output=True).returncode == 0:
-            raise LaunchError(f"tmux session {plan.tmux_session!r} exists already; set overnight.tmux_session")
-        # The launcher's environment, as the probes had it: a tmux server started earlier would otherwise give
-        # the long run its own. Several command arguments: tmux executes the monitor directly, without sh -c.
-        env = [arg for key, value in os.environ.items() if not key.startswith("TMUX")
-               for arg in ("-e", f"{key}={value}")]
-        subprocess.run(["tmux", "new-session", "-d", "-s", plan.tmux_session, "-c", plan.request.cwd, *env,
+        # Several command arguments: tmux executes the monitor directly, without sh -c.
+        subprocess.run(["tmux", "new-session", "-d", "-s", plan.tmux_session, "-c", plan.request.cwd,
                         "--", *plan.monitor_argv], check=True, capture_output=True)
     else:
         with open(folder / "monitor.log", "ab") as log:
@@ -213,13 +245,15 @@ def launch(store: RunStore, plan: Launch, force: bool, wait_s: float = 15.0) -> 
     raise LaunchError(f"the monitor did not start within {wait_s:g} s; see {folder / 'monitor.log'}")
 
 
-def stop(folder: Path, grace_s: float = 30.0) -> None:
-    """Stop a live long run: the monitor kills its tree and records it as interrupted."""
+def stop(folder: Path, margin_s: float = 30.0) -> None:
+    """Stop a live long run: the monitor gives the trainer SIGTERM and its grace, then kills the tree and
+    records it as interrupted. The monitor itself is killed only if it has not finished well after that."""
     info = monitor_alive(folder)
     if info is None:
         return
+    grace = float((_read(folder / REQUEST) or {}).get("stop_grace_s") or 0)
     os.kill(info["pid"], signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
+    deadline = time.monotonic() + grace + margin_s
     while monitor_alive(folder) is not None and time.monotonic() < deadline:
         time.sleep(0.1)
     if monitor_alive(folder) is not None:
@@ -329,6 +363,7 @@ def monitor_main(folder: Path) -> int:
     """The detached monitor: run the long run under the probe runner, with a heartbeat, until it ends."""
     from hlrp_ladder.executors.local import LocalExecutor
 
+    load_env_file(folder)
     req = request_from_json(json.loads((folder / REQUEST).read_text()))
     me = psutil.Process()
     write_json(folder / MONITOR, {"pid": me.pid, "create_time": me.create_time(), "started_at": time.time(),

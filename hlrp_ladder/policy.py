@@ -1,24 +1,31 @@
 """The ladder policy: pure functions over probe records. No I/O, no processes, no clock.
 
-1. Search (one-val probes). Linear: rungs ascending, the first non-``ok`` one stops the search. Bisect: the
+1. Search (one-val probes). Linear: rungs ascending, the first memory failure stops the search. Bisect: the
    first rung, then the last, then the middle of the grid between the highest ``ok`` and the lowest failure
    until they are ``granularity`` apart.
-2. Confirm, from the highest ``ok`` rung below the first failure downwards: ``repeats`` one-val probes must
-   all pass and leave ``headroom`` under the limit; then, if the spec has a stress section, the stress probe
-   must pass, its forecast must fit, and its peak must leave the headroom. The first candidate that holds is
-   the pick; each one that does not is rejected with its reason and the next lower one is tried.
+2. Confirm. The highest ``ok`` rung below the first failure is the first candidate: ``repeats`` one-val probes
+   must all pass and leave ``headroom`` under the limit; then, if the spec has a stress section, the stress
+   probe must pass, its forecast must fit, and its peak must leave the headroom. A candidate that fails is
+   rejected (said why). After a rejection the next candidate is the largest grid size below it (its one-val
+   probe run first if the search skipped it) or, when that needs fewer probes, the middle of the grid sizes
+   still undecided; no grid size below a rejection is ever skipped, so the pick is the one a linear ladder
+   makes.
 
-``interrupted`` records are not verdicts: that probe is run again on resume.
+Only a *memory verdict* (``oom_killed``, ``child_oom``, ``rss_breach``, ``cuda_oom``, ``forecast_oom``) moves
+the search or rejects a candidate. An *inconclusive* probe (``error``, ``timeout``) says nothing about memory:
+it is retried (``retries``), and still inconclusive it ends the run as ``inconclusive`` (exit 5) with the
+reason. ``interrupted`` records are not verdicts: that probe is run again on resume.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields
 from typing import Iterable, Optional
 
 from hlrp_ladder.records import Outcome, ProbeRecord
 from hlrp_ladder.sizes import gib
 
-EXIT_PICK, EXIT_USAGE, EXIT_NO_STABLE, EXIT_BLOCKED, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
+EXIT_PICK, EXIT_USAGE, EXIT_NO_STABLE, EXIT_BLOCKED, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED = 0, 2, 3, 4, 5, 130
 SEARCH_PHASES = ("ladder", "refine")
 
 
@@ -27,20 +34,34 @@ class Rung:
     batch_size: int
     phase: str = "ladder"       # ladder | refine | repeat | stress
     repeat: int = 0
+    retry: int = 0              # 1.. for the retries of an inconclusive probe
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What the policy needs from a spec, with sizes already resolved to bytes."""
+    """What the policy needs from a spec, with sizes already resolved to bytes (stored in ``ladder.json`` when
+    the run starts, so a report judges with the numbers the run used)."""
     batch_sizes: list[int]
     refine: str = "none"
     granularity: int = 4
     repeats: int = 1
+    retries: int = 1
     stress: bool = False
     stress_recipe: str = ""          # for the reason sentence, e.g. "220 steps, validation every 50 over 2 batches"
+    forecast_required: bool = False  # the spec names a long run: a stress pick needs a forecast that fits
     limit_bytes: Optional[int] = None
     limit_name: str = "cap"
     headroom_bytes: int = 0
+    rss_limit_bytes: Optional[int] = None
+    cap_bytes: Optional[int] = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: dict) -> "Plan":
+        known = {f.name for f in fields(Plan)}
+        return Plan(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -51,21 +72,60 @@ class Verdict:
     failed: Optional[ProbeRecord] = None
     confirmed_by: Optional[str] = None
     rejected: list[str] = field(default_factory=list)
+    status: str = "done"             # done | inconclusive | unfinished | interrupted
+
+    @property
+    def inconclusive(self) -> bool:
+        return self.status == "inconclusive"
 
 
 # ---------------------------------------------------------------------------------------------------- records
-def latest(records: Iterable[ProbeRecord]) -> dict[tuple[str, int, int], ProbeRecord]:
-    """The latest finished (not interrupted) record per (phase, batch size, repeat)."""
-    out: dict[tuple[str, int, int], ProbeRecord] = {}
-    for rec in sorted(records, key=lambda r: (r.started_at, r.attempt)):
+Key = tuple[str, int, int]   # (search | repeat | stress, batch size, repeat)
+
+
+def _key(rec: ProbeRecord) -> Key:
+    return ("search" if rec.phase in SEARCH_PHASES else rec.phase, rec.batch_size, rec.repeat)
+
+
+def attempts(records: Iterable[ProbeRecord]) -> dict[Key, list[ProbeRecord]]:
+    """The finished (not interrupted) records of each probe slot, oldest first (retries after the first try)."""
+    out: dict[Key, list[ProbeRecord]] = {}
+    for rec in sorted(records, key=lambda r: (r.started_at, r.retry, r.attempt)):
         if rec.outcome != Outcome.interrupted:
-            out[(rec.phase, rec.batch_size, rec.repeat)] = rec
+            out.setdefault(_key(rec), []).append(rec)
     return out
 
 
+def latest(records: Iterable[ProbeRecord]) -> dict[Key, ProbeRecord]:
+    """The latest finished record of each probe slot."""
+    return {key: tries[-1] for key, tries in attempts(records).items()}
+
+
 def one_val(records: Iterable[ProbeRecord]) -> dict[int, ProbeRecord]:
-    """The one-val probe of each batch size (ladder or refine phase)."""
-    return {bs: rec for (phase, bs, rep), rec in latest(records).items() if phase in SEARCH_PHASES and rep == 0}
+    """The one-val probe of each batch size (ladder or refine phase), its latest try."""
+    return {bs: rec for (group, bs, rep), rec in latest(records).items() if group == "search" and rep == 0}
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one probe slot stands: missing | ok | memory | retry (run try ``retry`` next) | inconclusive."""
+    state: str
+    record: Optional[ProbeRecord] = None
+    retry: int = 0
+
+
+def slot(plan: Plan, tries: list[ProbeRecord]) -> Slot:
+    if not tries:
+        return Slot("missing")
+    last = tries[-1]
+    if last.outcome == Outcome.ok:
+        return Slot("ok", last)
+    if last.outcome.is_memory_verdict:
+        return Slot("memory", last)
+    failed = sum(1 for r in tries if not r.outcome.is_memory_verdict and r.outcome != Outcome.ok)
+    if failed <= plan.retries:
+        return Slot("retry", last, failed)
+    return Slot("inconclusive", last)
 
 
 def fit_peak(rec: ProbeRecord) -> int:
@@ -81,36 +141,50 @@ class Search:
     next: Optional[Rung]
     ok: list[int]                    # ok one-val rungs below the first failure, ascending
     first_failure: Optional[ProbeRecord]
+    inconclusive: Optional[ProbeRecord] = None
 
 
-def search(plan: Plan, records: Iterable[ProbeRecord]) -> Search:
-    done = one_val(records)
+def search(plan: Plan, tries: dict[Key, list[ProbeRecord]]) -> Search:
     sizes = sorted(plan.batch_sizes)
-    ok_of = lambda bs: done[bs].outcome == Outcome.ok  # noqa: E731
+    states = {bs: slot(plan, tries.get(("search", bs, 0), [])) for bs in sizes}
+    again = lambda bs: Rung(bs, states[bs].record.phase, 0, states[bs].retry)  # noqa: E731
     if plan.refine != "bisect" or len(sizes) < 3:
         ok: list[int] = []
         for bs in sizes:
-            if bs not in done:
+            st = states[bs]
+            if st.state == "missing":
                 return Search(Rung(bs), ok, None)
-            if not ok_of(bs):
-                return Search(None, ok, done[bs])
+            if st.state == "retry":
+                return Search(again(bs), ok, None)
+            if st.state == "inconclusive":
+                return Search(None, ok, None, st.record)
+            if st.state == "memory":
+                return Search(None, ok, st.record)
             ok.append(bs)
         return Search(None, ok, None)
-    for bs in (sizes[0], sizes[-1]):
-        if bs not in done:
-            return Search(Rung(bs), [], None)
-        if bs == sizes[0] and not ok_of(bs):
-            return Search(None, [], done[bs])
-    failures = sorted(bs for bs in done if not ok_of(bs))
+    # Bisect. A probe that must be retried is retried before anything else is decided: an error at the top
+    # rung must not send the search down.
+    for bs in sizes:
+        if states[bs].state == "retry":
+            return Search(again(bs), [], None)
+    failures = sorted(bs for bs in sizes if states[bs].state == "memory")
     hi = failures[0] if failures else None
-    ok = sorted(bs for bs in done if ok_of(bs) and (hi is None or bs < hi))
+    ok = sorted(bs for bs in sizes if states[bs].state == "ok" and (hi is None or bs < hi))
+    stuck = next((states[bs].record for bs in sizes if states[bs].state == "inconclusive"), None)
+    if stuck is not None:
+        return Search(None, [bs for bs in ok if bs < stuck.batch_size], None, stuck)
+    for bs in (sizes[0], sizes[-1]):
+        if states[bs].state == "missing":
+            return Search(Rung(bs), [], None)
+        if bs == sizes[0] and states[bs].state == "memory":
+            return Search(None, [], states[bs].record)
     if hi is None:
         return Search(None, ok, None)
     lo = ok[-1]
     inside = [bs for bs in sizes if lo < bs < hi]
     if inside and hi - lo > plan.granularity:
-        return Search(Rung(inside[(len(inside) - 1) // 2], "refine"), ok, done[hi])
-    return Search(None, ok, done[hi])
+        return Search(Rung(inside[(len(inside) - 1) // 2], "refine"), ok, states[hi].record)
+    return Search(None, ok, states[hi].record)
 
 
 # ---------------------------------------------------------------------------------------------------- confirm
@@ -150,73 +224,131 @@ def _headroom_problem(plan: Plan, rec: ProbeRecord) -> Optional[str]:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """Where one candidate pick stands: accepted | rejected | inconclusive | pending (``next`` runs next)."""
+    status: str
+    next: Optional[Rung] = None
+    reason: str = ""                          # why rejected, or why inconclusive
+    record: Optional[ProbeRecord] = None      # accepted: the confirming record; else the deciding one
+
+
+def candidate(plan: Plan, tries: dict[Key, list[ProbeRecord]], bs: int) -> Candidate:
+    """Every check a pick must pass, in order: one-val and repeats, their headroom, stress, its headroom and
+    its forecast."""
+    one_vals: list[ProbeRecord] = []
+    chain = [(("search", bs, 0), Rung(bs, "ladder" if plan.refine == "none" else "refine"))]
+    chain += [(("repeat", bs, k), Rung(bs, "repeat", k)) for k in range(2, plan.repeats + 1)]
+    if plan.stress:
+        chain.append((("stress", bs, 0), Rung(bs, "stress")))
+    for key, rung in chain:
+        st = slot(plan, tries.get(key, []))
+        if st.state == "missing":
+            return Candidate("pending", rung)
+        if st.state == "retry":
+            return Candidate("pending", Rung(bs, st.record.phase, rung.repeat, st.retry))
+        if st.state == "inconclusive":
+            return Candidate("inconclusive", reason=describe(st.record), record=st.record)
+        if st.state == "memory":
+            return Candidate("rejected", reason=describe(st.record), record=st.record)
+        if key[0] == "stress":
+            problem = _headroom_problem(plan, st.record)
+            if problem:
+                return Candidate("rejected", reason=problem, record=st.record)
+            fc = st.record.forecast
+            if plan.forecast_required and (fc is None or fc.fits is None):
+                why = fc.reason if fc is not None else "no growth forecast was made"
+                return Candidate("inconclusive", reason=f"{describe(st.record)}, but {why}", record=st.record)
+            return Candidate("accepted", record=st.record)
+        one_vals.append(st.record)
+        if len(one_vals) == plan.repeats:
+            worst = max(one_vals, key=fit_peak)
+            problem = _headroom_problem(plan, worst)
+            if problem:
+                return Candidate("rejected", reason=problem, record=worst)
+            if not plan.stress:
+                return Candidate("accepted", record=worst)
+    raise AssertionError("unreachable: the chain ends in an accepted candidate")
+
+
+@dataclass(frozen=True)
 class Confirmation:
     next: Optional[Rung]
     pick: Optional[int]
     rejected: list[str]
     evidence: Optional[ProbeRecord] = None   # the record that confirmed the pick
+    inconclusive: Optional[Candidate] = None
 
 
-def confirm(plan: Plan, records: Iterable[ProbeRecord], candidates: list[int]) -> Confirmation:
-    done = latest(records)
-    rejected: list[str] = []
-    for bs in sorted(candidates, reverse=True):
-        tries = [done[("ladder", bs, 0)] if ("ladder", bs, 0) in done else done[("refine", bs, 0)]]
-        missing = next((k for k in range(2, plan.repeats + 1) if ("repeat", bs, k) not in done), None)
-        if missing is not None:
-            return Confirmation(Rung(bs, "repeat", missing), None, rejected)
-        tries += [done[("repeat", bs, k)] for k in range(2, plan.repeats + 1)]
-        bad = next((r for r in tries if r.outcome != Outcome.ok), None)
-        if bad is not None:
-            rejected.append(describe(bad))
-            continue
-        worst = max(tries, key=fit_peak)
-        problem = _headroom_problem(plan, worst)
-        if problem:
-            rejected.append(problem)
-            continue
-        if not plan.stress:
-            return Confirmation(None, bs, rejected, worst)
-        stress = done.get(("stress", bs, 0))
-        if stress is None:
-            return Confirmation(Rung(bs, "stress"), None, rejected)
-        if stress.outcome != Outcome.ok:
-            rejected.append(describe(stress))
-            continue
-        problem = _headroom_problem(plan, stress)
-        if problem:
-            rejected.append(problem)
-            continue
-        return Confirmation(None, bs, rejected, stress)
-    return Confirmation(None, None, rejected)
+def confirm(plan: Plan, tries: dict[Key, list[ProbeRecord]], found: Search) -> Confirmation:
+    top = found.ok[-1]
+    grid = [bs for bs in sorted(plan.batch_sizes) if bs <= top]
+    cands = {bs: candidate(plan, tries, bs) for bs in grid}
+    rejected = [cands[bs].reason for bs in sorted(grid, reverse=True) if cands[bs].status == "rejected"]
+    stuck = next((cands[bs] for bs in reversed(grid) if cands[bs].status == "inconclusive"), None)
+    if stuck is not None:
+        return Confirmation(None, None, rejected, inconclusive=stuck)
+    accepted = [bs for bs in grid if cands[bs].status == "accepted"]
+    lo = accepted[-1] if accepted else None
+    hi = min((bs for bs in grid if cands[bs].status == "rejected" and (lo is None or bs > lo)), default=None)
+    open_ = [bs for bs in grid if cands[bs].status == "pending" and (lo is None or bs > lo)
+             and (hi is None or bs < hi)]
+    if not open_:
+        return Confirmation(None, lo, rejected, cands[lo].record if lo is not None else None)
+    choice = open_[-1]  # the largest undecided size below the lowest rejection: what a linear ladder tries
+    if hi is not None and plan.refine != "none":
+        # With refine: bisect, fewer candidates than walking down one size at a time. Until a candidate is
+        # accepted, gallop: after m rejections skip 2^(m-1) - 1 sizes (the stress limit is usually a rung or
+        # two below the one-val one, where this costs what the walk costs). Once one is accepted below the
+        # lowest rejection, bisect the sizes between them (from 3 on: ceil(log2(n + 1)) < n). Every size between
+        # the pick and the rejection above it is decided before the pick, so it is the linear ladder's pick.
+        # The choice depends only on which sizes are decided, so a candidate stays chosen until it is decided.
+        if lo is None:
+            misses = sum(1 for bs in grid if cands[bs].status == "rejected")
+            choice = open_[max(0, len(open_) - 2 ** (misses - 1))]
+        elif math.ceil(math.log2(len(open_) + 1)) < len(open_):
+            choice = open_[(len(open_) - 1) // 2]
+    return Confirmation(cands[choice].next, None, rejected)
 
 
 # ---------------------------------------------------------------------------------------------------- the two calls
 def next_rung(plan: Plan, records: Iterable[ProbeRecord]) -> Optional[Rung]:
     """The next probe to run, or None when the run has its verdict."""
-    records = list(records)
-    found = search(plan, records)
-    if found.next is not None:
+    tries = attempts(records)
+    found = search(plan, tries)
+    if found.next is not None or found.inconclusive is not None or not found.ok:
         return found.next
-    return confirm(plan, records, found.ok).next
+    return confirm(plan, tries, found).next
 
 
 def verdict(plan: Plan, records: Iterable[ProbeRecord]) -> Verdict:
-    """The pick and the sentences saying why, and which phase confirmed it."""
-    records = list(records)
-    found = search(plan, records)
+    """The pick and the sentences saying why, and which phase confirmed it; or why there is none."""
+    tries = attempts(records)
+    found = search(plan, tries)
     if found.next is not None:
-        return Verdict(None, f"unfinished: bs={found.next.batch_size} ({found.next.phase}) has not run",
-                       EXIT_NO_STABLE)
+        return _unfinished(found.next)
+    if found.inconclusive is not None:
+        passed = found.ok[-1] if found.ok else None
+        return _inconclusive(plan, describe(found.inconclusive), found.inconclusive, passed,
+                             f"bs={passed} passed" if passed else "no rung passed")
     failure = f"; {describe(found.first_failure)}" if found.first_failure is not None else ""
     if not found.ok:
         first = found.first_failure
         what = describe(first) if first is not None else "nothing ran"
         return Verdict(None, f"no stable rung: {what} (the first rung)", EXIT_NO_STABLE, first)
-    conf = confirm(plan, records, found.ok)
+    conf = confirm(plan, tries, found)
     if conf.next is not None:
-        return Verdict(None, f"unfinished: bs={conf.next.batch_size} ({conf.next.phase}) has not run",
-                       EXIT_NO_STABLE)
+        return _unfinished(conf.next)
+    if conf.inconclusive is not None:
+        stuck = conf.inconclusive.record
+        below = [bs for bs in sorted(plan.batch_sizes) if bs < stuck.batch_size
+                 and candidate(plan, tries, bs).status == "accepted"]
+        if below:
+            passed, said = below[-1], f"bs={below[-1]} passed every check"
+        elif stuck.phase not in SEARCH_PHASES:  # a repeat or stress probe: its one-val probe passed
+            passed, said = stuck.batch_size, f"bs={stuck.batch_size} passed its one-val probe only"
+        else:
+            passed, said = None, "no candidate passed every check"
+        return _inconclusive(plan, conf.inconclusive.reason, stuck, passed, said)
     rejected = f" Rejected: {'; '.join(conf.rejected)}." if conf.rejected else ""
     if conf.pick is None:
         return Verdict(None, f"no stable rung: every candidate was rejected.{rejected}", EXIT_NO_STABLE,
@@ -240,6 +372,25 @@ def verdict(plan: Plan, records: Iterable[ProbeRecord]) -> Verdict:
                      + " only: the spec has no stress section.")
     reason = f"bs={conf.pick}: {ceiling}.{rejected} {confirmed}"
     return Verdict(conf.pick, reason, EXIT_PICK, found.first_failure, phase, conf.rejected)
+
+
+def _unfinished(rung: Rung) -> Verdict:
+    return Verdict(None, f"unfinished: bs={rung.batch_size} ({rung.phase}) has not run", EXIT_NO_STABLE,
+                   status="unfinished")
+
+
+def _inconclusive(plan: Plan, what: str, rec: ProbeRecord, passed: Optional[int], said: str) -> Verdict:
+    """'bs=16 error (exit 1: ValueError: ...), on its retry too: not a memory verdict; bs=12 passed. Fix ...'"""
+    if rec.outcome.is_inconclusive:
+        again = {0: "", 1: ", on its retry too"}.get(plan.retries, f", on its {plan.retries} retries too")
+        fix = ("Find why it ran past timeout_s (or raise it)" if rec.outcome == Outcome.timeout else "Fix the error")
+        text = f"{what}{again}: not a memory verdict; {said}. {fix} and --resume"
+    else:  # it passed, but the forecast the spec asks for could not be made
+        text = (f"{what}: no verdict on the long run; {said}. Give the stress phase validations the monitor can "
+                f"time (see the forecast reason) in a new run")
+    if passed is not None:
+        text += f", or launch-overnight --pick {passed} to accept it"
+    return Verdict(None, text, EXIT_INCONCLUSIVE, rec, status="inconclusive")
 
 
 def _forecast_clause(rec: Optional[ProbeRecord]) -> str:

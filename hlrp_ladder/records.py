@@ -6,9 +6,14 @@ report renders them. ``result.json`` in a probe folder is one :class:`ProbeRecor
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+
+METRICS_ENV = "HLRP_LADDER_METRICS"   # where a trainer appends its metrics (the protocol in the README)
+MARKER_ENV = "HLRP_LADDER_PROBE"      # carried by every process of a probe's tree: what resume may kill
 
 
 class Outcome(str, Enum):
@@ -21,6 +26,21 @@ class Outcome(str, Enum):
     error = "error"                # any other non-zero exit
     interrupted = "interrupted"    # the user pressed Ctrl-C (not a verdict on the batch size)
     forecast_oom = "forecast_oom"  # survived, but its memory growth will not fit by the end of the long run
+
+    @property
+    def is_memory_verdict(self) -> bool:
+        """A failure that says the batch size does not fit: the ladder may act on it."""
+        return self in MEMORY_VERDICTS
+
+    @property
+    def is_inconclusive(self) -> bool:
+        """A failure that says nothing about memory (a crash, a hang): retried, never a memory verdict."""
+        return self in INCONCLUSIVE
+
+
+MEMORY_VERDICTS = frozenset({Outcome.oom_killed, Outcome.child_oom, Outcome.rss_breach, Outcome.cuda_oom,
+                             Outcome.forecast_oom})
+INCONCLUSIVE = frozenset({Outcome.error, Outcome.timeout})
 
 
 class _Model(BaseModel):
@@ -59,9 +79,11 @@ class Limits(_Model):
 
 class ValPoint(_Model):
     step: int
-    time: float
+    time: Optional[float] = None             # seconds since the sampler started; None: not known
+    time_source: str = "trainer"             # "trainer" (its own sane timestamp) | "seen" (when the monitor read
+                                             # the event) | "none" (no time known: no memory beside it)
     val_loss: Optional[float] = None
-    rss_bytes: Optional[int] = None          # tree RSS sampled nearest the val_end event
+    rss_bytes: Optional[int] = None          # tree RSS of the latest sample at or before the validation end
     cgroup_bytes: Optional[int] = None
 
 
@@ -79,6 +101,7 @@ class ProbeRecord(_Model):
     batch_size: int
     phase: str = "ladder"                    # ladder | refine | repeat | stress
     repeat: int = 0                          # 2.. for the extra probes of `repeats`
+    retry: int = 0                           # 1.. for the retries of an inconclusive (error, timeout) probe
     attempt: int = 1
     folder: str
     outcome: Outcome
@@ -102,7 +125,12 @@ class ProbeRecord(_Model):
 
 
 class Forecast(_Model):
-    """Memory growth of a stress probe, extrapolated to the long run."""
+    """Memory growth of a stress probe, extrapolated to the long run.
+
+    Growth is modelled two ways, because the stress probe cannot tell them apart (it validates at a fixed
+    interval): per validation (a leak each validation cycle) and per training step (a leak each step). Each is
+    extrapolated with its own count — the long run's validations, the long run's steps — and the worse one is
+    judged. With ``overnight.check_interval == stress.check_interval`` both give the same answer."""
     kind: str                                # plateau | growth | insufficient | no_long_run
     domain: str                              # "cgroup" (charge, against the cap) or "rss" (against rss_limit)
     slope_mib_per_cycle: float = 0.0         # per validation cycle of the stress recipe
@@ -112,13 +140,51 @@ class Forecast(_Model):
     points_used: int = 0
     observed_peak_bytes: int = 0
     observed_steps: int = 0
+    observed_cycles: int = 0
     long_run_steps: Optional[int] = None
     long_run_cycles: Optional[int] = None
+    predicted_per_validation_bytes: Optional[int] = None  # peak + slope per validation x validations to come
+    predicted_per_step_bytes: Optional[int] = None        # peak + slope per step x steps to come
+    model: Optional[str] = None              # "per validation" | "per step": the worse of the two, judged
     predicted_peak_bytes: Optional[int] = None
     limit_bytes: Optional[int] = None
     headroom_bytes: int = 0
     fits: Optional[bool] = None
     reason: str = ""
+
+
+class MetricsPatterns(_Model):
+    """For trainers that do not write HLRP_LADDER_METRICS: a regex per metric, group 1 is the number."""
+    step_per_s: Optional[str] = None
+    samples_per_s: Optional[str] = None
+    val_loss: Optional[str] = None
+
+
+class ProbeRequest(_Model):
+    """Everything one probe needs, resolved: what to run, its limits, how to stop it. Written to the probe
+    folder as ``request.json`` (environment secrets masked) so the probe can be read, and re-run, from disk."""
+    folder: Path                             # the probe folder; created by the runner
+    batch_size: int
+    phase: str
+    attempt: int = 1
+    repeat: int = 0
+    retry: int = 0
+    argv: list[str]                          # run as is: no shell, values passed literally
+    env: dict[str, str] = {}                 # added to the runner's environment
+    cwd: str
+    rss_limit_bytes: int
+    cap_bytes: Optional[int] = None
+    metric: str = "rss"                      # "rss" | "pss"
+    interval_s: float = 0.1
+    timeout_s: Optional[float] = None        # None: no limit (the long run)
+    kill_grace_s: float = 5.0                # after a timeout: SIGTERM, this long, then SIGKILL
+    stop_grace_s: float = 0.0                # when stopped (Ctrl-C, --force): 0 kills at once (probes); the long
+                                             # run gets SIGTERM and this long to save its state first
+    cgroup_name: str
+    probe_id: str = Field("", description="HLRP_LADDER_PROBE in the tree's environment: resume kills only "
+                          "processes that carry it (or sit in the probe's cgroup)")
+    check_interval: Optional[int] = None     # steps between validations (numbers a regex-only trainer's)
+    metrics_regex: MetricsPatterns = MetricsPatterns()
 
 
 ProbeRecord.model_rebuild()

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import json
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import pandas as pd
-import psutil
 import yaml
 
 from hlrp_ladder import policy
@@ -28,6 +26,7 @@ class RunView:
     records: list[ProbeRecord]
     warnings: list[str]
     verdict: policy.Verdict
+    plan: policy.Plan
 
     @property
     def title(self) -> str:
@@ -42,7 +41,9 @@ def load_run(store: RunStore) -> RunView:
             from None
     loaded = store.load()
     records = sorted(loaded.records, key=lambda r: r.started_at)
-    return RunView(store, store.state(), spec, records, loaded.warnings, policy.verdict(spec.plan(), records))
+    plan, warning = store.plan(spec)
+    warnings = loaded.warnings + ([warning] if warning else [])
+    return RunView(store, store.state(), spec, records, warnings, policy.verdict(plan, records), plan)
 
 
 def _pct(part: Optional[int], whole: Optional[int]) -> Optional[float]:
@@ -204,20 +205,30 @@ def _limits_text(view: RunView) -> str:
     return "\n".join(parts)
 
 
+def _host_text(host: Optional[dict]) -> str:
+    """Where the ladder ran, as stored when it started (a report may be written anywhere)."""
+    if not host:
+        return "The run stored no host facts (an older version)."
+    cap = {True: "the cap was enforced", False: f"the cap was NOT enforced ({host.get('cgroup_note')})",
+           None: "no cap"}[host.get("cap_enforced")]
+    cgroup = f"memory cgroup {host['cgroup']}" if host.get("cgroup") else "no writable memory cgroup"
+    return (f"The ladder ran on {host.get('name')} ({host.get('cores')} cores, {gib(host.get('ram_bytes'), 1)} RAM, "
+            f"{gib(host.get('usable_bytes'), 1)} usable; {cgroup}; {cap}).")
+
+
 def markdown(view: RunView, png_name: Optional[str], report_command: str,
              forecast_png: Optional[str] = None) -> str:
     df = frame(view)
     state = view.state
     created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.get("created", 0)))
-    mem = psutil.virtual_memory().total
+    head = "Inconclusive" if view.verdict.inconclusive else "Pick"
     lines = [
         f"# Ladder report: {view.spec.name} / {view.store.root.name}",
         "",
         f"Produced by `{' '.join(state.get('command') or ['hlrp-ladder', 'run', '?'])}` (started {created}, "
-        f"status {state.get('status', '?')}) and `{report_command}`, on {platform.node()} "
-        f"({psutil.cpu_count()} cores, {gib(mem, 1)} RAM).",
+        f"status {state.get('status', '?')}) and `{report_command}`. {_host_text(state.get('host'))}",
         "",
-        f"**Pick: {'bs=' + str(view.verdict.pick) if view.verdict.pick is not None else 'none'}** — "
+        f"**{head}: {'bs=' + str(view.verdict.pick) if view.verdict.pick is not None else 'none'}** — "
         f"{view.verdict.reason.rstrip('.')}.",
         "",
         _limits_text(view),

@@ -15,6 +15,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       ValidationError, field_validator)
 
 from hlrp_ladder import policy, sizes
+from hlrp_ladder.records import MetricsPatterns
 
 SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 MASK = "***"
@@ -39,9 +40,6 @@ def _regex(value: Optional[str]) -> Optional[str]:
         except re.error as exc:
             raise ValueError(f"{value!r} is not a regular expression ({exc})") from None
     return value
-
-
-Regex = Annotated[Optional[str], AfterValidator(_regex)]
 
 
 class _Strict(BaseModel):
@@ -86,6 +84,8 @@ class Overnight(_Strict):
     tmux_session: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.-]+$",
                                         description="default: hlrp-<name>-<run>-<folder>; used when tmux is installed")
     timeout_s: Optional[float] = Field(None, gt=0, description="stop the long run after this long (default: never)")
+    kill_grace_s: float = Field(60, ge=0, description="stopping the long run (Ctrl-C, tmux kill-session, --force, "
+                                "timeout): SIGTERM, this long to save a checkpoint and close loggers, then SIGKILL")
 
 
 class Preflight(_Strict):
@@ -119,11 +119,15 @@ class Memory(_Strict):
         return 0 if self.headroom is None else sizes.resolve(self.headroom, self.fit_limit(total)[0])
 
 
-class MetricsRegex(_Strict):
-    """For trainers that do not write HLRP_LADDER_METRICS: a regex per metric, group 1 is the number."""
-    step_per_s: Regex = None
-    samples_per_s: Regex = None
-    val_loss: Regex = None
+class MetricsRegex(MetricsPatterns):
+    """For trainers that do not write HLRP_LADDER_METRICS: a regex per metric, group 1 is the number. A line
+    matching ``val_loss`` counts as a validation end, timed when the monitor reads it."""
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("step_per_s", "samples_per_s", "val_loss")
+    @classmethod
+    def _compiles(cls, value: Optional[str]) -> Optional[str]:
+        return _regex(value)
 
 
 class Range(_Strict):
@@ -170,6 +174,8 @@ class Spec(_Strict):
     granularity: PositiveInt = Field(4, description="bisect until the first failure is this close to the last ok")
     repeats: PositiveInt = Field(1, description="one-val probes of a candidate before it can be picked "
                                  "(max peak over them must fit)")
+    retries: int = Field(1, ge=0, le=5, description="runs again of a probe that ended inconclusive (error, timeout: "
+                         "not a memory verdict), each in its own folder, before the run ends inconclusive")
     forecast: ForecastConfig = ForecastConfig()
     overnight: Optional[Overnight] = None
     preflight: Preflight = Preflight()
@@ -218,16 +224,21 @@ class Spec(_Strict):
         items[self.batch_size_key] = batch_size
         return self.base_command() + [f"{k}={_render(v)}" for k, v in items.items()]
 
-    def plan(self) -> policy.Plan:
-        """The policy's view of this spec, sizes resolved against this machine."""
-        limit, name = self.memory.fit_limit()
+    def plan(self, total: int | None = None) -> policy.Plan:
+        """The policy's view of this spec, sizes resolved against ``total`` bytes (default: this machine).
+        A run stores it in ``ladder.json`` when it starts; reports and resumes read that, not this."""
+        limit, name = self.memory.fit_limit(total)
         recipe = ""
         if self.stress is not None:
             st = self.stress
             recipe = f"{st.max_steps} steps, validation every {st.check_interval} over {st.limit_batches} batches"
+        night = self.overnight
         return policy.Plan(batch_sizes=self.batch_sizes, refine=self.refine, granularity=self.granularity,
-                           repeats=self.repeats, stress=self.stress is not None, stress_recipe=recipe,
-                           limit_bytes=limit, limit_name=name, headroom_bytes=self.memory.headroom_bytes())
+                           repeats=self.repeats, retries=self.retries, stress=self.stress is not None,
+                           stress_recipe=recipe,
+                           forecast_required=night is not None and bool(night.max_steps or night.hours),
+                           limit_bytes=limit, limit_name=name, headroom_bytes=self.memory.headroom_bytes(total),
+                           rss_limit_bytes=self.memory.rss_limit_bytes(total), cap_bytes=self.memory.cap_bytes(total))
 
     def summary_lines(self, source: str) -> list[str]:
         """What `validate` prints: the limits, and every probe's argv and env diff."""
@@ -283,6 +294,7 @@ def masked_keys(data: dict) -> list[str]:
     out += [f"overrides.{k}" for k, v in (data.get("overrides") or {}).items() if v == MASK]
     night = data.get("overnight") or {}
     out += [f"overnight.env.{k}" for k, v in (night.get("env") or {}).items() if v == MASK]
+    out += [f"overnight.overrides.{k}" for k, v in (night.get("overrides") or {}).items() if v == MASK]
     return out
 
 

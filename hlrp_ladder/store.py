@@ -19,8 +19,9 @@ import psutil
 import yaml
 from pydantic import ValidationError
 
+from hlrp_ladder import policy
 from hlrp_ladder.probe import cgroup as cgroups
-from hlrp_ladder.records import Outcome, ProbeRecord
+from hlrp_ladder.records import MARKER_ENV, Outcome, ProbeRecord
 from hlrp_ladder.spec import Spec
 
 RESULT, RUNNING, STATE, SPEC_SNAPSHOT = "result.json", "running.json", "ladder.json", "spec.yaml"
@@ -30,10 +31,26 @@ class StoreError(RuntimeError):
     """A run folder cannot be used as asked; the message is one line."""
 
 
-def atomic_write(path: Path, text: str) -> None:
+def umask() -> int:
+    """The process umask, read without changing it (``os.umask`` can only be read by setting it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def atomic_write(path: Path, text: str, private: bool = False) -> None:
+    """Write ``path`` whole or not at all. Readable by the team as the umask allows, like any file the user
+    makes (``mkstemp`` alone would leave it 0600); ``private`` keeps it to the owner (a file with a secret)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o600 if private else 0o666 & ~umask())
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
@@ -48,12 +65,12 @@ def write_json(path: Path, data) -> None:
     atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def probe_folder_name(batch_size: int, phase: str = "ladder", repeat: int = 0) -> str:
-    """bs-0024 (ladder, refine), bs-0024-stress, bs-0024-repeat2."""
+def probe_folder_name(batch_size: int, phase: str = "ladder", repeat: int = 0, retry: int = 0) -> str:
+    """bs-0024 (ladder, refine), bs-0024-stress, bs-0024-repeat2, bs-0024-retry1, bs-0024-stress-retry1."""
     name = f"bs-{batch_size:04d}"
     if phase not in ("ladder", "refine"):
         name += f"-{phase}"
-    return name + (str(repeat) if repeat else "")
+    return name + (str(repeat) if repeat else "") + (f"-retry{retry}" if retry else "")
 
 
 @dataclass
@@ -69,7 +86,10 @@ class RunStore:
 
     # ---- finding runs ----------------------------------------------------------------------------------------
     @staticmethod
-    def create(spec: Spec, command_line: list[str]) -> "RunStore":
+    def create(spec: Spec, command_line: list[str], plan: Optional[dict] = None,
+               host: Optional[dict] = None) -> "RunStore":
+        """A new run folder with the spec's snapshot and ``ladder.json``, which keeps the resolved ``plan``
+        (limits in bytes) and the ``host`` facts the run is judged by."""
         base = Path(spec.runs_dir).expanduser() / spec.name
         try:
             base.mkdir(parents=True, exist_ok=True)
@@ -88,7 +108,7 @@ class RunStore:
         store = RunStore(root)
         atomic_write(root / SPEC_SNAPSHOT, yaml.safe_dump(spec.masked(), sort_keys=False))
         store.write_state(name=spec.name, run_id=root.name, fingerprint=spec.fingerprint(), status="running",
-                          command=command_line, created=time.time())
+                          command=command_line, created=time.time(), plan=plan, host=host)
         return store
 
     @staticmethod
@@ -130,6 +150,15 @@ class RunStore:
         current.update(fields, updated=time.time())
         write_json(path, current)
 
+    def plan(self, spec: Spec) -> tuple[policy.Plan, Optional[str]]:
+        """The plan the run is judged by: the one stored when it started; for an older run that has none, the
+        spec resolved on this machine, with a warning saying so."""
+        stored = self.state().get("plan")
+        if stored:
+            return policy.Plan.from_json(stored), None
+        return spec.plan(), (f"{self.root / STATE} has no stored plan (a run from an older version): limits were "
+                             f"resolved on this machine, which may not be the one the run used")
+
     def lock(self) -> None:
         """Hold the run for this process; a second orchestrator on the same run is refused."""
         handle = open(self.root / ".lock", "a+")
@@ -162,7 +191,9 @@ class RunStore:
         return 1 + len(list(self.root.glob(f"{folder_name}.*")))
 
     def set_aside(self) -> list[str]:
-        """Before a resume: stop what unfinished probes left running, and move their folders aside."""
+        """Before a resume: stop what unfinished probes left running, and move aside the folders of probes that
+        gave no verdict (unfinished, interrupted, corrupt, or inconclusive: an error or a timeout, which the
+        user may have fixed since), so they run again. Nothing is deleted."""
         notes = []
         for folder in self.probe_dirs():
             result = folder / RESULT
@@ -171,8 +202,11 @@ class RunStore:
                 reason = "unfinished"
             else:
                 try:
-                    if ProbeRecord.model_validate_json(result.read_text()).outcome == Outcome.interrupted:
+                    outcome = ProbeRecord.model_validate_json(result.read_text()).outcome
+                    if outcome == Outcome.interrupted:
                         reason = "interrupted"
+                    elif outcome.is_inconclusive:
+                        reason = outcome.value
                 except (OSError, ValidationError, ValueError):
                     reason = "corrupt"
             if reason is None:
@@ -186,23 +220,32 @@ class RunStore:
 
 
 def kill_leftovers(running_file: Path) -> int:
-    """Kill what a probe recorded in ``running.json`` and still runs (same process group and start time or
-    later, or a member of its cgroup)."""
+    """Kill what a probe recorded in ``running.json`` and still runs: only what is surely its own — the main
+    process (same pid *and* start time), processes whose environment carries the probe's marker, and members
+    of its cgroup. A process group id alone proves nothing (days later it may be another user's)."""
     try:
         info = json.loads(running_file.read_text())
     except (OSError, ValueError):
         return 0
-    killed = 0
-    pgid, since = info.get("pgid"), float(info.get("create_time", 0))
-    for proc in psutil.process_iter(["pid"]):
+    marker, targets = info.get("marker"), []
+    for proc in psutil.process_iter(["pid", "create_time"]):
+        if proc.pid == os.getpid():
+            continue
         try:
-            if proc.pid != os.getpid() and os.getpgid(proc.pid) == pgid and proc.create_time() >= since - 1:
-                proc.send_signal(signal.SIGKILL)
-                killed += 1
-        except (psutil.Error, ProcessLookupError, PermissionError):
+            if proc.pid == info.get("pid") and abs(proc.info["create_time"] - float(info.get("create_time") or 0)) < 1:
+                targets.append(proc)
+            elif marker and proc.environ().get(MARKER_ENV) == marker:
+                targets.append(proc)
+        except (psutil.Error, OSError):  # gone, or another user's (whose environment we may not read)
             continue
     cg = cgroups.find(info.get("cgroup") or "")
+    hit = {proc.pid for proc in targets} | set(cg.pids() if cg is not None else [])
+    for proc in targets:
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            pass
     if cg is not None:
-        killed += cg.kill_all()
+        cg.kill_all()
         cg.remove()
-    return killed
+    return len(hit)

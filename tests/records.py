@@ -6,9 +6,9 @@ GIB = 2**30
 
 def rec(bs: int, outcome: str = "ok", peak_gib: float = 1.0, phase: str = "ladder", t: float = 0.0,
         cap_gib: float | None = 2.0, vals: list[tuple[int, float]] | None = None, exit_code: int = 0,
-        log_line: str | None = None, attempt: int = 1, repeat: int = 0) -> ProbeRecord:
+        log_line: str | None = None, attempt: int = 1, repeat: int = 0, retry: int = 0) -> ProbeRecord:
     return ProbeRecord(
-        batch_size=bs, phase=phase, repeat=repeat, attempt=attempt, folder=f"bs-{bs:04d}", outcome=Outcome(outcome),
+        batch_size=bs, phase=phase, repeat=repeat, retry=retry, attempt=attempt, folder=f"bs-{bs:04d}", outcome=Outcome(outcome),
         evidence=Evidence(exit_code=exit_code, log_line=log_line),
         peaks=Peaks(kernel_bytes=int(peak_gib * GIB), sampled_rss_bytes=int(peak_gib * GIB * 1.2),
                     vmhwm_bytes=int(peak_gib * GIB * 1.2)),

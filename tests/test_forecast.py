@@ -83,3 +83,54 @@ def test_assess_extrapolates_to_the_long_run_and_says_why():
                limit_bytes=28 * GIB, limit_name="cap", headroom_bytes=2 * GIB)
     assert g.kind == "plateau" and g.fits is True and g.predicted_peak_bytes == int(1.2 * GIB)
     assert g.reason.endswith("after 648 cycles <= the 28.00 GiB cap less 2.00 GiB headroom")
+
+
+# ---- two models: growth per validation and growth per step --------------------------------------------------------
+def _stress_with(growth_per_val_mib: float, every: int = 50, points: int = 8):
+    vals = [(every * (i + 1), 1.0 + growth_per_val_mib * i / 1024) for i in range(points)]
+    return rec(8, peak_gib=vals[-1][1], phase="stress", cap_gib=28, vals=vals)
+
+
+@pytest.mark.parametrize("leak", ["per step", "per validation"])
+def test_long_run_validating_less_often_than_stress_is_judged_by_the_worse_model(leak):
+    # stress validates every 50 steps and sees +41 MiB per validation (0.82 MiB/step); the long run validates every
+    # 500 steps for 50000 steps: 100 validations. A per-step leak grows 0.82 x 50000 = ~40 GiB; a per-validation
+    # leak 41 x 100 = ~4 GiB. The stress probe cannot tell them apart, so the worse one is judged — and a long
+    # run that validates MORE often (every 10) makes the per-validation model the worse one.
+    interval = 500 if leak == "per step" else 10
+    f = assess(_stress_with(41), cycle_steps=50, warmup=1, long_run_steps=50000, long_run_interval=interval,
+               limit_bytes=24 * GIB, limit_name="cap", headroom_bytes=0)
+    assert f.kind == "growth" and f.model == leak and f.fits is False
+    steps_left, cycles_left = 50000 - 400, 50000 // interval - 8
+    assert f.predicted_per_step_bytes == pytest.approx(1.0 * GIB + 41 / 50 * MIB * 7 * 50 + 41 / 50 * MIB * steps_left,
+                                                       rel=0.02)
+    assert f.predicted_per_validation_bytes == pytest.approx(
+        f.observed_peak_bytes + 41 * MIB * cycles_left, rel=0.02)
+    assert f.predicted_peak_bytes == max(f.predicted_per_step_bytes, f.predicted_per_validation_bytes)
+    if leak == "per step":
+        assert f.reason.startswith("+0.82 MiB per step -> ") and "after 50000 steps > the 24.00 GiB cap" in f.reason
+        assert f.reason.endswith("(per validation: " + gib(f.predicted_per_validation_bytes) + " after 100 cycles)")
+    else:
+        assert f.reason.startswith("+41 MiB per validation -> ") and "after 5000 cycles > the 24.00 GiB cap" in f.reason
+
+
+def test_the_old_units_bug_would_have_said_it_fits():
+    # validating every 500 steps in the long run: per validation alone predicts ~4.9 GiB (fits under 16 GiB),
+    # per step ~41 GiB; the verdict must not be "fits"
+    f = assess(_stress_with(41), cycle_steps=50, warmup=1, long_run_steps=50000, long_run_interval=500,
+               limit_bytes=16 * GIB, limit_name="cap", headroom_bytes=0)
+    assert f.predicted_per_validation_bytes < 16 * GIB < f.predicted_per_step_bytes
+    assert f.fits is False
+
+
+def test_insufficient_is_never_a_confident_fit():
+    blind = rec(8, peak_gib=1.0, phase="stress", cap_gib=28, vals=[(50, 1.0), (100, 1.1), (150, 1.2)])
+    for p in blind.metrics.val_points:
+        p.rss_bytes = p.cgroup_bytes = None
+        p.time, p.time_source = None, "none"
+    f = assess(blind, cycle_steps=50, warmup=1, long_run_steps=5000, long_run_interval=50,
+               limit_bytes=24 * GIB, limit_name="cap", headroom_bytes=0)
+    assert f.kind == "insufficient" and f.fits is None and f.predicted_peak_bytes is None
+    assert f.reason == ("growth cannot be forecast: 0 validation end(s) with a known memory reading, at least 2 "
+                        "needed; 3 of 3 had no known time (no sane \"time\" from the trainer and not seen while "
+                        "the probe ran)")

@@ -81,9 +81,15 @@ def _wait_for(predicate, timeout=30.0):
 
 
 def _running_probe(tmp_path, folder):
+    """running.json once the probe's process exists (it is first written before the spawn, without a pid)."""
     def find():
-        runs = list((tmp_path / "runs" / "hog").glob(f"*/{folder}/running.json"))
-        return runs[0] if runs else None
+        for path in (tmp_path / "runs" / "hog").glob(f"*/{folder}/running.json"):
+            try:
+                if json.loads(path.read_text()).get("pid"):
+                    return path
+            except ValueError:
+                pass
+        return None
     return _wait_for(find)
 
 

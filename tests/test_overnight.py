@@ -128,21 +128,48 @@ def test_long_run_oom_killed_under_the_cap_is_reported_as_such(tmp_path, need_cg
     assert "evidence: the kernel OOM-killed the main process; exit 137 (SIGKILL); oom_kill 0 -> 1" in human
 
 
+def _stress_spec(tmp_path: Path, stress: str, args=(), rss_limit="4GiB") -> Path:
+    spec = tmp_path / "n.yaml"
+    argv = [sys.executable, str(MEMHOG), "base_mb=30", "step_s=0.01", *args]
+    spec.write_text(f"name: night\ncommand: {json.dumps(argv)}\nbatch_sizes: [2]\n"
+                    f"probe: {{max_steps: 10, check_interval: 5, limit_batches: 1}}\n"
+                    f"stress: {stress}\nmemory: {{rss_limit: {rss_limit}}}\n"
+                    f"overnight: {{max_steps: 100}}\nruns_dir: {tmp_path / 'runs'}\n")
+    return spec
+
+
 def test_refuses_without_a_stress_confirmed_pick(tmp_path):
-    # a stress section whose probe cannot pass: no pick at all
-    ladder_spec = tmp_path / "n.yaml"
-    argv = [sys.executable, str(MEMHOG), "base_mb=30", "step_s=0.01", "growth_mb_per_val=0"]
-    ladder_spec.write_text(f"name: night\ncommand: {json.dumps(argv)}\nbatch_sizes: [2]\n"
-                           f"probe: {{max_steps: 10, check_interval: 5, limit_batches: 1}}\n"
-                           f"stress: {{max_steps: 20, check_interval: 5, limit_batches: 1, timeout_s: 0.05}}\n"
-                           f"overnight: {{max_steps: 100}}\nruns_dir: {tmp_path / 'runs'}\n")
-    assert cli("run", str(ladder_spec), cwd=tmp_path).returncode == 3
+    # the stress probe breaches the soft limit (4 validations x 40 MiB kept): a memory verdict, no pick at all
+    spec = _stress_spec(tmp_path, "{max_steps: 20, check_interval: 5, limit_batches: 1}",
+                        ["growth_mb_per_val=40"], rss_limit="150MiB")
+    res = cli("run", str(spec), cwd=tmp_path)
+    assert res.returncode == 3, res.stderr
     res = cli("launch-overnight", "--pick", "stable", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert res.returncode == 2 and "this run has no pick (no stable rung:" in res.stderr
     forced = cli("launch-overnight", "--pick", "stable", "--force", "--dry-run", "--runs-dir", str(tmp_path / "runs"))
     assert forced.returncode == 2  # nothing to launch: --pick <bs> is the way
     by_hand = cli("launch-overnight", "--pick", "2", "--dry-run", "--runs-dir", str(tmp_path / "runs"))
     assert by_hand.returncode == 0 and "bs=2 chosen by hand" in by_hand.stdout
+
+
+def test_an_inconclusive_run_is_refused_for_stable_and_said_everywhere(tmp_path):
+    # the stress probe times out, on its retry too: not a memory verdict, so no pick and exit 5
+    spec = _stress_spec(tmp_path, "{max_steps: 20, check_interval: 5, limit_batches: 1, timeout_s: 0.05}")
+    res = cli("run", str(spec), cwd=tmp_path)
+    assert res.returncode == 5, res.stderr
+    assert "inconclusive — bs=2 stress timeout after 0 s, on its retry too: not a memory verdict" in res.stderr
+    runs = str(tmp_path / "runs")
+    run = next((tmp_path / "runs" / "night").iterdir())
+    assert {p.name for p in run.iterdir()} >= {"bs-0002", "bs-0002-stress", "bs-0002-stress-retry1"}
+    assert json.loads((run / "ladder.json").read_text())["status"] == "inconclusive"
+    assert " inconclusive " in cli("runs", "--runs-dir", runs).stdout
+    stable = cli("launch-overnight", "--pick", "stable", "--force", "--dry-run", "--runs-dir", runs)
+    assert stable.returncode == 2 and stable.stderr.startswith("error: this run is inconclusive (bs=2 stress timeout")
+    assert cli("launch-overnight", "--pick", "2", "--dry-run", "--runs-dir", runs).returncode == 0
+    rep = cli("report", "--runs-dir", runs, "--out", str(tmp_path / "reports"))
+    assert rep.returncode == 0, rep.stderr
+    md = next((tmp_path / "reports").glob("*.md")).read_text()
+    assert "**Inconclusive: none** — bs=2 stress timeout" in md and "status inconclusive" in md
 
 
 def test_reference_trainer_overnight_for_a_few_steps(tmp_path, tiny_data, tmux_cleanup):
@@ -159,3 +186,65 @@ def test_reference_trainer_overnight_for_a_few_steps(tmp_path, tiny_data, tmux_c
     assert st["outcome"] == "ok" and st["metrics"]["step"] == 8
     assert Path(st["metrics"]["artifact"]).name == "smolvla_shared_stage2_artifact.pt"
     assert Path(st["metrics"]["artifact"]).is_file()
+
+
+# ---- secrets and permissions --------------------------------------------------------------------------------------
+def test_no_secret_on_any_command_line_or_record_and_records_follow_the_umask(tmp_path, tmux_cleanup, marker):
+    if not shutil.which("tmux"):
+        pytest.fail("tmux is part of the set-up (make setup installs it); it is missing here")
+    secret = f"s3cr3t-{time.monotonic_ns()}"
+    env = {**os.environ, "WANDB_API_KEY": secret}
+    spec = ladder(tmp_path, overnight="{max_steps: 2000, check_interval: 100, limit_batches: 1, "
+                                      "overrides: {logging.wandb_api_key: x}}", extra_args=[marker])
+    old = os.umask(0o027)
+    try:
+        res = cli("launch-overnight", "--pick", "stable", "--spec", str(spec), "--runs-dir", str(tmp_path / "runs"),
+                  cwd=tmp_path, env=env)
+    finally:
+        os.umask(old)
+    assert res.returncode == 0, res.stderr
+    st = wait_state(tmp_path, "running")
+    folder = Path(st["folder"])
+    time.sleep(0.5)
+    for proc in psutil.process_iter(["cmdline"]):  # what every user of the machine can read
+        assert secret not in " ".join(proc.info["cmdline"] or []), proc.info["cmdline"]
+    monitor = psutil.Process(st["monitor_pid"])
+    assert monitor.environ().get("WANDB_API_KEY") == secret  # ... yet the long run has it
+    assert not (folder / ".env.json").exists()  # read once by the monitor, then deleted
+    for record in folder.iterdir():
+        if record.is_file():
+            assert secret not in record.read_text(errors="replace"), record
+    # team-readable as the umask says (027 -> 0640), not mkstemp's 0600
+    assert (folder / "request.json").stat().st_mode & 0o777 == 0o640
+    assert (folder.parent / "ladder.json").stat().st_mode & 0o777 == 0o644  # written under the default umask
+    subprocess.run(["kill", str(st["monitor_pid"])])
+    wait_state(tmp_path, "ended")
+
+
+def test_a_masked_overnight_override_is_not_launched_as_stars(tmp_path):
+    spec = ladder(tmp_path, overnight="{max_steps: 100, overrides: {logging.wandb_api_key: abc}}")
+    res = cli("launch-overnight", "--pick", "stable", "--dry-run", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert res.returncode == 2
+    assert "overnight.overrides.logging.wandb_api_key masked in the snapshot; pass the spec with --spec" in res.stderr
+    ok = cli("launch-overnight", "--pick", "stable", "--dry-run", "--spec", str(spec), "--runs-dir",
+             str(tmp_path / "runs"), cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+
+
+# ---- stopping a long run gently ------------------------------------------------------------------------------------
+def test_killing_the_tmux_session_gives_the_long_run_its_grace_to_save(tmp_path, tmux_cleanup, marker):
+    if not shutil.which("tmux"):
+        pytest.fail("tmux is part of the set-up (make setup installs it); it is missing here")
+    ladder(tmp_path, overnight="{max_steps: 100000, check_interval: 1000, limit_batches: 1, kill_grace_s: 10}",
+           extra_args=["term_save_s=1.0", marker])
+    assert cli("launch-overnight", "--pick", "stable", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path).returncode == 0
+    st = wait_state(tmp_path, "running")
+    time.sleep(0.5)
+    subprocess.run(["tmux", "kill-session", "-t", f"={st['tmux_session']}"], check=True)
+    ended = wait_state(tmp_path, "ended", timeout=30)
+    assert ended["outcome"] == "interrupted"
+    log = (Path(ended["folder"]) / "log.txt").read_text()
+    assert "memhog: saving checkpoint" in log and "memhog: checkpoint saved" in log  # SIGTERM first, then its grace
+    assert ended["evidence"]["exit_code"] == 0  # it finished saving and exited on its own, within the grace
+    assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])
+                and p.status() != psutil.STATUS_ZOMBIE]

@@ -1,14 +1,12 @@
 """The ladder policy and the outcome classifier are pure: tested with hand-written facts, no processes."""
-import json
 import signal
+from typing import Optional
 
 import pytest
 
 from hlrp_ladder import policy
-from hlrp_ladder.probe.metrics import read_metrics
 from hlrp_ladder.probe.outcome import classify
-from hlrp_ladder.records import Outcome
-from hlrp_ladder.spec import MetricsRegex
+from hlrp_ladder.records import Forecast, Outcome
 from tests.records import GIB, rec
 
 LADDER = [8, 12, 16, 20, 24, 32]
@@ -134,13 +132,130 @@ def test_bisect_probes_first_rung_then_top_then_the_middle():
 
 
 @pytest.mark.parametrize("outcome,fragment", [
-    ("timeout", "bs=12 timeout after 10 s"),
-    ("error", "bs=12 error (exit 1: ValueError: boom)"),
     ("child_oom", "bs=12 child_oom at 1.00 GiB under a 2.00 GiB cap"),
+    ("rss_breach", "bs=12 rss_breach at 1.20 GiB RSS over the 20.00 GiB soft limit"),
+    ("cuda_oom", "bs=12 cuda_oom (exit 1: ValueError: boom)"),
 ])
 def test_failure_clauses(outcome, fragment):
     v = policy.verdict(PLAN, [rec(8), rec(12, outcome, exit_code=1, log_line="ValueError: boom")])
-    assert fragment in v.reason
+    assert v.pick == 8 and fragment in v.reason
+
+
+# ---- inconclusive: a failure that is not about memory is not a memory verdict ---------------------------------
+def test_outcomes_split_into_memory_verdicts_and_inconclusive():
+    memory = {o for o in Outcome if o.is_memory_verdict}
+    assert memory == {Outcome.oom_killed, Outcome.child_oom, Outcome.rss_breach, Outcome.cuda_oom,
+                      Outcome.forecast_oom}
+    assert {o for o in Outcome if o.is_inconclusive} == {Outcome.error, Outcome.timeout}
+
+
+BOOM = "ValueError: batch_size must divide the number of action chunks"
+
+
+def test_an_error_is_retried_then_the_run_is_inconclusive_with_exit_5():
+    first = rec(16, "error", exit_code=1, log_line=BOOM, t=16)
+    records = [rec(8), rec(12), first]
+    # not a verdict: the same rung again, in its own folder (retry 1), never a pick of bs=12
+    assert policy.next_rung(PLAN, records) == policy.Rung(16, "ladder", 0, 1)
+    assert policy.verdict(PLAN, records).status == "unfinished"
+    records.append(rec(16, "error", exit_code=1, log_line=BOOM, t=17, retry=1))
+    assert policy.next_rung(PLAN, records) is None
+    v = policy.verdict(PLAN, records)
+    assert (v.pick, v.exit_code, v.status) == (None, policy.EXIT_INCONCLUSIVE, "inconclusive")
+    assert v.reason == (f"bs=16 error (exit 1: {BOOM}), on its retry too: not a memory verdict; bs=12 passed. "
+                        f"Fix the error and --resume, or launch-overnight --pick 12 to accept it")
+
+
+def test_a_retry_that_passes_continues_the_ladder():
+    records = [rec(8), rec(12, "timeout", t=12), rec(12, "ok", t=13, retry=1)]
+    assert policy.next_rung(PLAN, records) == policy.Rung(16)
+
+
+def test_retries_zero_ends_at_the_first_error_and_a_timeout_says_so():
+    plan = policy.Plan(batch_sizes=LADDER, retries=0, limit_bytes=2 * GIB)
+    v = policy.verdict(plan, [rec(8, "timeout")])
+    assert v.status == "inconclusive" and v.reason == (
+        "bs=8 timeout after 10 s: not a memory verdict; no rung passed. Find why it ran past timeout_s (or raise "
+        "it) and --resume")
+
+
+def test_an_error_at_the_top_rung_does_not_send_bisection_down():
+    plan = policy.Plan(batch_sizes=list(range(8, 65, 4)), refine="bisect")
+    records = [rec(8, t=1), rec(64, "error", exit_code=1, log_line=BOOM, t=2)]
+    assert policy.next_rung(plan, records) == policy.Rung(64, "ladder", 0, 1)
+    records.append(rec(64, "error", exit_code=1, log_line=BOOM, t=3, retry=1))
+    assert policy.next_rung(plan, records) is None
+    v = policy.verdict(plan, records)
+    assert v.status == "inconclusive" and v.reason.startswith("bs=64 error (exit 1: ValueError")
+    assert "bs=8 passed" in v.reason
+
+
+def test_a_stress_error_is_retried_and_never_rejects_the_candidate():
+    records = ONE_VAL + [stress(24, "error")]
+    assert policy.next_rung(STRESS, records) == policy.Rung(24, "stress", 0, 1)
+    records.append(stress(24, "error", t=200).model_copy(update={"retry": 1}))
+    assert policy.next_rung(STRESS, records) is None  # not bs=20: an error is no reason to go down
+    v = policy.verdict(STRESS, records)
+    assert v.status == "inconclusive" and v.exit_code == 5
+    assert v.reason.startswith("bs=24 stress error (exit 0), on its retry too: not a memory verdict; bs=24 passed "
+                               "its one-val probe only.")
+    assert v.reason.endswith("or launch-overnight --pick 24 to accept it")
+
+
+def test_a_repeat_timeout_is_retried():
+    plan = policy.Plan(batch_sizes=LADDER, repeats=2, limit_bytes=int(1.25 * GIB))
+    records = ONE_VAL + [rec(24, "timeout", phase="repeat", repeat=2, cap_gib=1.25, t=50)]
+    assert policy.next_rung(plan, records) == policy.Rung(24, "repeat", 2, 1)
+
+
+def test_a_stress_pick_whose_growth_cannot_be_forecast_is_inconclusive():
+    plan = policy.Plan(batch_sizes=LADDER, stress=True, forecast_required=True, limit_bytes=int(1.25 * GIB))
+    blind = stress(24).model_copy(update={"forecast": Forecast(
+        kind="insufficient", domain="cgroup", reason="growth cannot be forecast: 0 validation end(s) with a known "
+                                                     "memory reading, at least 2 needed")})
+    v = policy.verdict(plan, ONE_VAL + [blind])
+    assert v.status == "inconclusive" and v.pick is None
+    assert v.reason.startswith("bs=24 stress ok at 1.19 GiB, but growth cannot be forecast: 0 validation end(s)")
+    assert "launch-overnight --pick 24 to accept it" in v.reason
+    # without a long run to forecast for, the stress probe alone confirms it
+    assert policy.verdict(STRESS, ONE_VAL + [blind]).pick == 24
+
+
+# ---- bisection and the stress fallback ----------------------------------------------------------------------
+GRID = list(range(8, 65, 4))
+
+
+def simulate(plan: policy.Plan, one_val_fails_from: int, stress_fails_from: int) -> tuple[Optional[int], list]:
+    records, order = [], []
+    while (rung := policy.next_rung(plan, records)) is not None:
+        assert len(order) < 100
+        order.append((rung.batch_size, rung.phase))
+        limit = stress_fails_from if rung.phase == "stress" else one_val_fails_from
+        outcome = "ok" if rung.batch_size < limit else "oom_killed"
+        records.append(rec(rung.batch_size, outcome, phase=rung.phase, t=float(len(order))))
+    return policy.verdict(plan, records).pick, order
+
+
+@pytest.mark.parametrize("one_val_limit", range(8, 73, 4))
+def test_bisect_with_stress_fallback_picks_what_the_linear_ladder_picks(one_val_limit):
+    linear = policy.Plan(batch_sizes=GRID, stress=True)
+    bisect = policy.Plan(batch_sizes=GRID, stress=True, refine="bisect", granularity=4)
+    for stress_limit in range(8, 73, 4):
+        expected = max((g for g in GRID if g < min(one_val_limit, stress_limit)), default=None)
+        lin, _ = simulate(linear, one_val_limit, stress_limit)
+        bis, order = simulate(bisect, one_val_limit, stress_limit)
+        assert lin == expected and bis == expected, (one_val_limit, stress_limit, order)
+
+
+def test_after_stress_rejects_40_and_36_the_unprobed_rungs_below_are_tried():
+    # Bisection finds the one-val boundary at 40/44 having probed only 8, 36, 40, 44, 48, 64. Stress rejects 40
+    # and 36; the fallback once walked only probed rungs and picked 8. Now: gallop down to 28 (its one-val
+    # probe first), accepted, then the one size left between 28 and the rejected 36.
+    plan = policy.Plan(batch_sizes=GRID, stress=True, refine="bisect", granularity=4)
+    pick, order = simulate(plan, one_val_fails_from=44, stress_fails_from=36)
+    assert pick == 32
+    assert order[6:] == [(40, "stress"), (36, "stress"), (28, "refine"), (28, "stress"), (32, "refine"),
+                         (32, "stress")]
 
 
 # ---- outcome classification: exit status + kernel counters + monitor action + log -> outcome -------------------
@@ -169,22 +284,26 @@ def test_classify(status, stop, before, after, log, expected):
         assert "CUDA out of memory" in ev.log_line
 
 
-def test_metrics_from_jsonl_skip_warmup_and_put_memory_beside_val_end(tmp_path):
-    path = tmp_path / "m.jsonl"
-    events = [{"event": "train", "step": 5, "step_per_s": 1.0, "samples_per_s": 8.0, "time": 101},
-              {"event": "train", "step": 10, "step_per_s": 4.0, "samples_per_s": 32.0, "time": 102},
-              {"event": "train", "step": 15, "step_per_s": 6.0, "samples_per_s": 48.0, "time": 103},
-              {"event": "val_end", "step": 15, "val_loss": 0.5, "time": 104}]
-    path.write_text("\n".join(json.dumps(e) for e in events) + '\n{"event": "tra')  # last line cut by a kill
-    timeline = [(1.0, 100, 90), (3.9, 300, 250), (4.1, 400, 350)]  # 4.1 s is after the event: not used
-    m = read_metrics(path, [], MetricsRegex(), started_at=100.0, timeline=timeline)
-    assert m.source == "jsonl" and m.last_step == 15
-    assert m.step_per_s == 5.0 and m.samples_per_s == 40.0  # median after the first window
-    assert m.val_loss == 0.5 and m.val_points[0].rss_bytes == 300 and m.val_points[0].cgroup_bytes == 250
 
 
-def test_metrics_from_log_regex(tmp_path):
-    lines = ["it 1 2.0 it/s", "it 2 3.0 it/s", "it 3 5.0 it/s", "eval loss 0.25"]
-    m = read_metrics(tmp_path / "none.jsonl", lines, MetricsRegex(step_per_s=r"([\d.]+) it/s",
-                                                                 val_loss=r"eval loss ([\d.]+)"), 0.0, [])
-    assert m.source == "regex" and m.step_per_s == 4.0 and m.val_loss == 0.25
+# ---- no host-wide evidence blamed on a probe ---------------------------------------------------------------------
+HOST = "/proc/vmstat (system-wide)"
+
+
+@pytest.mark.parametrize("status,victims,expected,fragment", [
+    (0, None, Outcome.ok, "cannot be attributed to this tree"),          # another user's job hit its limit
+    (0, set(), Outcome.ok, "the kernel log names no process of this tree"),
+    (1, None, Outcome.error, "cannot be attributed"),                    # non-zero exit: not guessed as child_oom
+    (KILL, None, Outcome.oom_killed, "corroborated, not proven"),         # SIGKILL + the counter: corroborated
+    (KILL, {100}, Outcome.oom_killed, "named in the kernel log"),
+    (KILL, set(), Outcome.error, "no kernel OOM kill on record"),         # the log names others, not ours
+    (1, {101}, Outcome.child_oom, "pid 101"),
+])
+def test_host_wide_oom_counter_only_corroborates(status, victims, expected, fragment):
+    outcome, ev = classify(status, None, 5, 6, HOST, [], host_wide=True, victims=victims, main_pid=100)
+    assert outcome == expected, ev.detail
+    assert fragment in ev.detail
+
+
+def test_host_wide_counter_unchanged_is_plain():
+    assert classify(0, None, 5, 5, HOST, [], host_wide=True, victims=None, main_pid=1)[1].detail == "exited 0"

@@ -128,7 +128,7 @@ def test_a_child_that_leaves_the_session_is_killed_too(tmp_path, need_cgroup, ma
 
 
 def test_without_a_writable_cgroup_it_falls_back_and_says_so(tmp_path, monkeypatch):
-    monkeypatch.setattr(cgroups, "_mounts", lambda: (None, None))
+    monkeypatch.setattr(cgroups, "mounts", lambda: (None, None))
     rec = run(request(tmp_path, memhog("base_mb=80", "mb_per_sample=0", "steps=10"), cap=50 * MIB))
     assert rec.outcome == Outcome.ok  # nothing enforced the cap: the record must say so
     assert rec.limits.cgroup is None and "NOT enforced" in rec.limits.cgroup_note

@@ -12,7 +12,7 @@ from typing import Iterator, Optional
 
 import psutil
 
-from hlrp_ladder.preflight.core import FAIL, OK, SKIP, WARN, Context, Finding, check
+from hlrp_ladder.preflight.core import FAIL, OK, SKIP, WARN, Context, Finding, check, is_bundled_trainer
 from hlrp_ladder.sizes import gib
 
 GCS_HOST = "storage.googleapis.com"
@@ -99,19 +99,20 @@ def trainer_dirs(ctx: Context) -> Iterator[Finding]:
         dirs["logging.runs_dir"] = cfg.logging.runs_dir
         dirs["paths.cache_dir"] = cfg.paths.cache_dir
     for key, value in _overrides(ctx).items():
-        if isinstance(value, str) and value and (key in DIR_KEYS or key.endswith(("_dir", ".dir"))) \
-                and key != "paths.data_dir":
+        if looks_like_path(value) and (key in DIR_KEYS or key.endswith(("_dir", ".dir"))) and key != "paths.data_dir":
             dirs[key] = value
     if not dirs:
         yield Finding("trainer dirs", SKIP, "no output folders known for this command")
         return
     for key, value in sorted(dirs.items()):
         why = writable_dir(Path(os.path.expanduser(value)))
+        fix = f"add the override {key}=/tmp/{ctx.spec.name}-{key.split('.')[-1]} (or make it writable)"
         if why is None:
             yield Finding(f"trainer dir {key}", OK, f"{value} is writable")
-        else:
-            yield Finding(f"trainer dir {key}", FAIL, why,
-                          f"add the override {key}=/tmp/{ctx.spec.name}-{key.split('.')[-1]} (or make it writable)")
+        elif is_bundled_trainer(ctx.spec) and key in DIR_KEYS:  # the bundled trainer writes there: certain
+            yield Finding(f"trainer dir {key}", FAIL, why, fix)
+        else:  # a guess from the key's name
+            yield Finding(f"trainer dir {key}", WARN, why + " (the key's name suggests an output folder)", fix)
 
 
 @check("trainer config")
@@ -168,18 +169,40 @@ def datasets(ctx: Context) -> Iterator[Finding]:
                           f"mirror the datasets under {data_dir} and set data.adapter.tf.tfds_read.source=local")
 
 
+PATH_EXTENSIONS = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".json", ".yaml", ".yml", ".npz", ".npy", ".h5",
+                   ".pkl", ".pickle", ".tar", ".gz", ".zip", ".msgpack", ".onnx", ".txt", ".csv", ".parquet")
+CERTAIN_FILE_KEYS = ("model.laq.checkpoint",)   # the bundled trainer fails without these files: a certain blocker
+
+
+def looks_like_path(value: object) -> bool:
+    """A value is checked as a file only when it looks like one: a separator, a leading ~ or ., or a known
+    extension — never a bool, a number or a bare word (``--always_save_checkpoint=False`` names no file)."""
+    if not isinstance(value, str) or not value or value.lower() in ("true", "false", "none", "null", "yes", "no"):
+        return False
+    try:
+        float(value)
+        return False
+    except ValueError:
+        pass
+    return os.sep in value or value.startswith(("~", ".")) or value.lower().endswith(PATH_EXTENSIONS)
+
+
 @check("files")
 def files(ctx: Context) -> Iterator[Finding]:
-    named = {k: v for k, v in _overrides(ctx).items()
-             if isinstance(v, str) and v and v.lower() != "null" and k.endswith(FILE_KEY_ENDINGS)}
+    certain = is_bundled_trainer(ctx.spec)  # the bundled trainer: its file keys are known, not guessed
+    named = {k: v for k, v in _overrides(ctx).items() if k.lstrip("-").endswith(FILE_KEY_ENDINGS) and
+             looks_like_path(v)}
     if not named:
         yield Finding("files", SKIP, "no override names a file")
     for key, value in sorted(named.items()):
         path = Path(os.path.expanduser(value))
         if path.is_file():
             yield Finding(f"file {key}", OK, f"{path} exists ({path.stat().st_size} bytes)")
-        else:
+        elif certain and key in CERTAIN_FILE_KEYS:
             yield Finding(f"file {key}", FAIL, f"{path} does not exist", f"fix {key} in the spec's overrides")
+        else:  # a guess from the key's name: the trainer may not read it as a file at all
+            yield Finding(f"file {key}", WARN, f"{path} does not exist (the key's name suggests a file; the trainer "
+                                               f"may read it otherwise)", f"check {key} in the spec's overrides")
 
 
 @check("hub cache")
@@ -201,8 +224,9 @@ def hub_cache(ctx: Context) -> Iterator[Finding]:
         folder = hub.expanduser() / f"models--{repo.replace('/', '--')}"
         if (folder / "snapshots").is_dir() and any((folder / "snapshots").iterdir()):
             yield Finding(f"hub {key}", OK, f"{repo} is in {hub}")
-        else:
-            yield Finding(f"hub {key}", FAIL, f"offline, and {repo} is not in the cache {hub}",
+        else:  # the key's name suggests a hub id: a guess, so a warning
+            yield Finding(f"hub {key}", WARN, f"offline, and {repo} (a hub model id, going by the key's name) is not in "
+                                              f"the cache {hub}",
                           f"on a machine with network: huggingface-cli download {repo} (with HF_HOME pointing here)")
 
 

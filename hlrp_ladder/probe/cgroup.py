@@ -39,7 +39,7 @@ def vmstat_oom_kills() -> Optional[int]:
         return None
 
 
-def _mounts() -> tuple[Optional[Path], Optional[Path]]:
+def mounts() -> tuple[Optional[Path], Optional[Path]]:
     """(cgroup v1 memory mount, cgroup v2 mount)."""
     v1 = v2 = None
     for part in psutil.disk_partitions(all=True):
@@ -125,19 +125,25 @@ class MemoryCgroup:
         return hit
 
     def remove(self, wait_s: float = 5.0) -> None:
-        """rmdir once the members are gone (the kernel refuses while any remain)."""
+        """rmdir once the members are gone (the kernel refuses while any remain), and the shared parent folder
+        too when this was its last probe."""
         deadline = time.monotonic() + wait_s
         while True:
             try:
                 self.path.rmdir()
-                return
+                break
             except FileNotFoundError:
-                return
+                break
             except OSError as exc:
                 if exc.errno != errno.EBUSY or time.monotonic() > deadline:
                     return
                 self.kill_all()
                 time.sleep(0.05)
+        if self.path.parent.name == PARENT:
+            try:
+                self.path.parent.rmdir()
+            except OSError:  # another probe is using it
+                pass
 
 
 def _create_v1(mount: Path, name: str, limit: Optional[int]) -> MemoryCgroup:
@@ -182,9 +188,10 @@ def _create_v2(mount: Path, name: str, limit: Optional[int]) -> MemoryCgroup:
 
 
 def create(name: str, limit: Optional[int]) -> tuple[Optional[MemoryCgroup], str]:
-    """A fresh memory cgroup for one probe, or (None, why not)."""
-    v1, v2 = _mounts()
-    name = safe_name(name)
+    """A fresh memory cgroup for one probe, or (None, why not). The name ends in ``.p<pid>`` of the creating
+    process, so a later sweep can tell a cgroup whose creator is gone."""
+    v1, v2 = mounts()
+    name = f"{safe_name(name)[:180]}.p{os.getpid()}"
     reasons = []
     for version, mount, make in ((1, v1, _create_v1), (2, v2, _create_v2)):
         if mount is None:
@@ -194,11 +201,50 @@ def create(name: str, limit: Optional[int]) -> tuple[Optional[MemoryCgroup], str
         if stale.exists():
             MemoryCgroup(version, stale).kill_all()
             MemoryCgroup(version, stale).remove()
-        try:
-            return make(mount, name, limit), ""
-        except OSError as exc:
-            reasons.append(f"v{version}: {exc.strerror or exc}")
+        for _ in range(3):  # the shared parent folder may vanish under us (its last probe removing it)
+            try:
+                return make(mount, name, limit), ""
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                reasons.append(f"v{version}: {exc.strerror or exc}")
+                break
     return None, "no writable memory cgroup (" + "; ".join(reasons) + ")"
+
+
+def _creator_alive(folder: Path) -> bool:
+    match = re.search(r"\.p(\d+)$", folder.name)
+    if not match:
+        return True  # not named by us: leave it alone
+    try:
+        # the pid must belong to a process at least as old as the folder (a reused pid is a later process)
+        return psutil.Process(int(match.group(1))).create_time() <= folder.stat().st_ctime + 1
+    except (psutil.Error, OSError):
+        return False
+
+
+def sweep_stale() -> tuple[list[str], list[str]]:
+    """Remove the empty probe cgroups of monitors that are gone (a crash between create and remove); return
+    (removed, still holding processes). A stale cgroup with processes in it is left to ``--resume`` of its
+    run, which kills exactly those."""
+    removed, busy = [], []
+    for version, mount in zip((1, 2), mounts()):
+        parent = mount / PARENT if mount is not None else None
+        if parent is None or not parent.is_dir():
+            continue
+        for child in parent.iterdir():
+            if not child.is_dir() or _creator_alive(child):
+                continue
+            try:
+                child.rmdir()
+                removed.append(f"v{version} {child}")
+            except OSError:
+                busy.append(f"v{version} {child}")
+        try:
+            parent.rmdir()
+        except OSError:
+            pass
+    return removed, busy
 
 
 def find(path: str) -> Optional[MemoryCgroup]:

@@ -37,9 +37,15 @@ def _last(lines: list[str], pattern: re.Pattern) -> Optional[str]:
 
 
 def classify(status: int, stop_reason: Optional[str], oom_before: Optional[int], oom_after: Optional[int],
-             oom_counter: str, log_tail: list[str]) -> tuple[Outcome, Evidence]:
+             oom_counter: str, log_tail: list[str], *, host_wide: bool = False,
+             victims: Optional[set[int]] = None, main_pid: Optional[int] = None) -> tuple[Outcome, Evidence]:
     """``status`` is ``os.waitstatus_to_exitcode``'s (negative: killed by that signal); ``stop_reason`` is
-    what the monitor did (``rss_breach``, ``timeout``, ``interrupted``) or None."""
+    what the monitor did (``rss_breach``, ``timeout``, ``interrupted``) or None.
+
+    ``host_wide``: the OOM-kill counter is the machine's (``/proc/vmstat``, no cgroup), so it counts every
+    process on the host. Then it may only corroborate a SIGKILL of the main process; ``victims`` (the pids of
+    this tree that the kernel log names as OOM-killed, None when the log is unreadable) attributes a kill for
+    certain. An exit-0 probe stays ``ok`` whatever another user's job did."""
     oom = None if oom_before is None or oom_after is None else oom_after - oom_before
     ev = Evidence(exit_code=shell_exit_code(status), signal=_signal_name(status), oom_kills_before=oom_before,
                   oom_kills_after=oom_after, oom_counter=oom_counter or None)
@@ -50,21 +56,42 @@ def classify(status: int, stop_reason: Optional[str], oom_before: Optional[int],
                      "timeout": "the probe ran past timeout_s: SIGTERM, then SIGKILL after the grace"}[stop_reason]
         ev.log_line = _last(nonempty[-5:], MEMORY_HINT) if stop_reason != "interrupted" else None
         return Outcome(stop_reason), ev
-    if status == -signal.SIGKILL and oom:
+    note = ""
+    if host_wide:
+        main_killed = victims is not None and main_pid in victims
+        others = sorted((victims or set()) - {main_pid})
+        if status == -signal.SIGKILL and (main_killed or (victims is None and oom)):
+            ev.detail = (f"the kernel OOM-killed the main process (pid {main_pid}, named in the kernel log)"
+                         if main_killed else
+                         f"SIGKILL while the host-wide oom_kill counter rose by {oom}; there is no cgroup and the "
+                         f"kernel log is unreadable, so this is corroborated, not proven")
+            ev.log_line = _last(nonempty[-20:], MEMORY_HINT)
+            return Outcome.oom_killed, ev
+        if others:
+            ev.log_line = _last(nonempty[-50:], MEMORY_HINT)
+            ev.detail = (f"the kernel log names {len(others)} process(es) of the tree as OOM-killed (pid "
+                         f"{', '.join(map(str, others))}), not the main one; the main process then exited with "
+                         f"{ev.exit_code}")
+            return Outcome.child_oom, ev
+        if oom:
+            note = (f"; the host-wide oom_kill counter rose by {oom} during the probe, but " +
+                    ("the kernel log names no process of this tree" if victims is not None else
+                     "without a cgroup (and with the kernel log unreadable) it cannot be attributed to this tree"))
+    elif status == -signal.SIGKILL and oom:
         ev.detail = "the kernel OOM-killed the main process"
         ev.log_line = _last(nonempty[-20:], MEMORY_HINT)
         return Outcome.oom_killed, ev
-    if oom:
+    elif oom:
         ev.log_line = _last(nonempty[-50:], MEMORY_HINT)
         ev.detail = (f"the kernel OOM-killed {oom} process(es) of the tree, not the main one; the main "
                      f"process then exited with {ev.exit_code}")
         return Outcome.child_oom, ev
     cuda = _last(nonempty[-200:], CUDA_OOM)
     if status != 0 and cuda:
-        ev.log_line, ev.detail = cuda, "the GPU ran out of memory"
+        ev.log_line, ev.detail = cuda, "the GPU ran out of memory" + note
         return Outcome.cuda_oom, ev
     if status == 0:
-        ev.detail = "exited 0"
+        ev.detail = "exited 0" + note
         return Outcome.ok, ev
     ev.log_line = _last(nonempty[-30:], ERROR_HINT) or (nonempty[-1].strip()[:300] if nonempty else None)
     if status == -signal.SIGKILL:
@@ -73,4 +100,5 @@ def classify(status: int, stop_reason: Optional[str], oom_before: Optional[int],
         ev.detail = f"killed by {ev.signal}"
     else:
         ev.detail = f"exited with {status}"
+    ev.detail += note
     return Outcome.error, ev

@@ -1,30 +1,36 @@
 """Runs one probe start to end under the memory monitor and writes its folder:
 
     argv.json  log.txt  memory.csv  metrics.jsonl  running.json (while it runs)  result.json (last)
+
+``running.json`` is written before the spawn (the cgroup and the marker the tree will carry) and again once
+the process exists, so a crash at any point leaves enough to find and kill exactly what was started. Whatever
+happens inside, the probe's cgroup is removed on the way out.
 """
 from __future__ import annotations
 
 import os
 import signal
 import time
+import uuid
 from pathlib import Path
 from typing import Optional
 
-from hlrp_ladder.executors.core import OnSample, ProbeRequest, ShouldStop
+from hlrp_ladder.executors.core import OnSample, ShouldStop
 from hlrp_ladder.probe import cgroup as cgroups
-from hlrp_ladder.probe.metrics import read_metrics, read_tail
+from hlrp_ladder.probe.kernel_log import KernelLog
+from hlrp_ladder.probe.metrics import LiveMetrics, read_tail
 from hlrp_ladder.probe.outcome import classify
 from hlrp_ladder.probe.process import alive, signal_tree, spawn
 from hlrp_ladder.probe.sampler import CSV_HEADER, TreeSampler
-from hlrp_ladder.records import Limits, Peaks, ProbeRecord
-from hlrp_ladder.spec import mask, mask_argv
+from hlrp_ladder.records import MARKER_ENV, METRICS_ENV, Limits, Peaks, ProbeRecord, ProbeRequest
+from hlrp_ladder.spec import MASK, mask, mask_argv
 from hlrp_ladder.store import RESULT, RUNNING, write_json
 
-METRICS_ENV = "HLRP_LADDER_METRICS"
 
-
-def _env_diff(request: ProbeRequest, metrics_path: Path) -> dict[str, str]:
-    return {**request.env, METRICS_ENV: str(metrics_path)}
+def _env_diff(request: ProbeRequest, metrics_path: Path, marker: str) -> dict[str, str]:
+    # A value masked on disk (request.json) is not the value: the runner's own environment carries it.
+    env = {k: v for k, v in request.env.items() if v != MASK}
+    return {**env, METRICS_ENV: str(metrics_path), MARKER_ENV: marker}
 
 
 class _Stopper:
@@ -34,11 +40,12 @@ class _Stopper:
         self.reason: Optional[str] = None
         self.kill_at: Optional[float] = None
 
-    def stop(self, reason: str, term_first: bool, grace: float, kill) -> None:
+    def stop(self, reason: str, grace: float, kill) -> None:
+        """SIGTERM and SIGKILL after ``grace`` seconds, or SIGKILL at once for a grace of 0."""
         if self.reason is not None:
             return
         self.reason = reason
-        if term_first and grace > 0:
+        if grace > 0:
             kill(signal.SIGTERM)
             self.kill_at = time.monotonic() + grace
         else:
@@ -56,33 +63,53 @@ def run_probe(request: ProbeRequest, on_sample: Optional[OnSample] = None,
     folder.mkdir(parents=True, exist_ok=True)
     if (folder / RESULT).exists():
         raise FileExistsError(f"{folder / RESULT} exists: a probe folder is used once")
+    marker = request.probe_id or uuid.uuid4().hex
     metrics_path, log_path = folder / "metrics.jsonl", folder / "log.txt"
-    env_diff = _env_diff(request, metrics_path)
+    env_diff = _env_diff(request, metrics_path, marker)
     write_json(folder / "argv.json", {"argv": mask_argv(request.argv), "env": mask(env_diff), "cwd": request.cwd})
 
     cg, cg_note = cgroups.create(request.cgroup_name, request.cap_bytes)
+    try:
+        running = {"pid": None, "pgid": None, "create_time": None, "cgroup": str(cg) if cg else None,
+                   "marker": marker, "orchestrator_pid": os.getpid()}
+        write_json(folder / RUNNING, running)  # before the spawn: a crash from here on leaks nothing unknown
+        return _monitor(request, cg, cg_note, marker, env_diff, running, on_sample, should_stop)
+    finally:
+        if cg is not None:
+            cg.kill_all()
+            cg.remove()
+
+
+def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dict, running: dict,
+             on_sample: Optional[OnSample], should_stop: Optional[ShouldStop]) -> ProbeRecord:
+    folder = request.folder
     if request.cap_bytes is not None and cg is None:
         cg_note += "; the cap is NOT enforced"
     oom_counter = cg.oom_counter_name if cg else "/proc/vmstat (system-wide)"
+    kernel_log = KernelLog() if cg is None else None  # opened before the spawn: kills from now on
     oom_before = cg.oom_kills() if cg else cgroups.vmstat_oom_kills()
 
     started_at = time.time()
     try:
-        proc = spawn(request.argv, {**os.environ, **env_diff}, request.cwd, log_path, cg)
+        proc = spawn(request.argv, {**os.environ, **env_diff}, request.cwd, folder / "log.txt", cg)
     except OSError as exc:
-        with open(log_path, "a") as log:
+        with open(folder / "log.txt", "a") as log:
             log.write(f"hlrp-ladder: cannot start {request.argv[0]!r}: {exc.strerror or exc}\n")
-        if cg:
-            cg.remove()
+        if kernel_log is not None:
+            kernel_log.close()
         return _finish(request, started_at, time.time(), 127, None, None, None, oom_counter, cg, cg_note, Peaks(),
-                       [], 0)
+                       LiveMetrics(folder / "metrics.jsonl", folder / "log.txt", request.metrics_regex, started_at,
+                                   request.check_interval), [], 0, 0.0)
     pgid = proc.pid
     sampler = TreeSampler(proc.pid, cg, with_pss=request.metric == "pss")
-    write_json(folder / RUNNING, {"pid": proc.pid, "pgid": pgid, "create_time": sampler.root.create_time(),
-                                  "cgroup": str(cg) if cg else None, "orchestrator_pid": os.getpid()})
+    write_json(folder / RUNNING, {**running, "pid": proc.pid, "pgid": pgid, "create_time": sampler.root.create_time()})
+    live = LiveMetrics(folder / "metrics.jsonl", folder / "log.txt", request.metrics_regex, sampler.start_wall,
+                       request.check_interval)
+    seen_pids: set[int] = {proc.pid}
 
     def kill(sig: int) -> None:
         sampler.refresh(force=True)  # whoever joined the tree since the last refresh is killed too
+        seen_pids.update(sampler.known)
         signal_tree(pgid, list(sampler.known.values()), cg, sig)
 
     peaks = Peaks()
@@ -100,8 +127,10 @@ def run_probe(request: ProbeRequest, on_sample: Optional[OnSample] = None,
                 proc.returncode = status  # reaped here, so Popen must not wait again
                 break
             sample = sampler.sample()
+            seen_pids.update(sampler.known)
             csv.write(sample.csv())
             timeline.append((sample.t, sample.rss, sample.cgroup))
+            live.poll(sample.t)
             peaks.samples += 1
             peaks.sampled_rss_bytes = max(peaks.sampled_rss_bytes, sample.rss)
             peaks.max_procs = max(peaks.max_procs, sample.n_procs)
@@ -113,16 +142,17 @@ def run_probe(request: ProbeRequest, on_sample: Optional[OnSample] = None,
                 peaks.gpu_sampled_bytes = max(peaks.gpu_sampled_bytes or 0, sample.gpu)
             measured = sample.pss if request.metric == "pss" else sample.rss
             if should_stop is not None and should_stop():
-                stopper.stop("interrupted", False, 0, kill)
+                stopper.stop("interrupted", request.stop_grace_s, kill)
             elif measured is not None and measured > request.rss_limit_bytes:
-                stopper.stop("rss_breach", False, 0, kill)
+                stopper.stop("rss_breach", 0, kill)
             elif request.timeout_s is not None and sample.t > request.timeout_s:
-                stopper.stop("timeout", True, request.kill_grace_s, kill)
+                stopper.stop("timeout", request.kill_grace_s, kill)
             stopper.escalate(kill)
             if on_sample is not None:
                 on_sample(request, sample)
-            # Once the tree is being killed, reap it as soon as it is dead rather than a whole tick later.
-            next_tick += request.interval_s if stopper.reason is None else min(request.interval_s, 0.01)
+            # Once the tree is being killed at once, reap it as soon as it is dead rather than a whole tick later.
+            fast = stopper.reason is not None and stopper.kill_at is None
+            next_tick += min(request.interval_s, 0.01) if fast else request.interval_s
             time.sleep(max(0.0, next_tick - time.monotonic()))
     sampler.close()
     # The main process is gone; nothing it started may live on.
@@ -131,32 +161,40 @@ def run_probe(request: ProbeRequest, on_sample: Optional[OnSample] = None,
     if cg is not None:
         peaks.kernel_bytes, peaks.kernel_source = cg.peak()
     oom_after = cg.oom_kills() if cg else cgroups.vmstat_oom_kills()
+    victims = None
+    if kernel_log is not None:
+        victims = kernel_log.victims(seen_pids)
+        kernel_log.close()
     if peaks.kernel_bytes is None and peaks.vmhwm_bytes:
         # wait4's ru_maxrss: the max VmHWM of the main process and the descendants it reaped.
         peaks.kernel_bytes, peaks.kernel_source = peaks.vmhwm_bytes, "VmHWM (wait4 ru_maxrss, largest process)"
-    if cg is not None:
-        cg.remove()
     return _finish(request, started_at, exited_at, status, stopper.reason, oom_before, oom_after, oom_counter, cg,
-                   cg_note, peaks, timeline, leftovers, sampler.start_wall)
+                   cg_note, peaks, live, timeline, leftovers, exited_at - sampler.start_wall, victims=victims,
+                   main_pid=proc.pid)
 
 
 def _finish(request: ProbeRequest, started_at: float, exited_at: float, status: int, stop_reason, oom_before,
-            oom_after, oom_counter: str, cg, cg_note: str, peaks: Peaks, timeline, leftovers: int,
-            timeline_start: Optional[float] = None) -> ProbeRecord:
+            oom_after, oom_counter: str, cg, cg_note: str, peaks: Peaks, live: LiveMetrics, timeline,
+            leftovers: int, end_t: float, victims: Optional[set[int]] = None,
+            main_pid: Optional[int] = None) -> ProbeRecord:
     folder = request.folder
     log_lines = read_tail(folder / "log.txt")
-    outcome, evidence = classify(status, stop_reason, oom_before, oom_after, oom_counter, log_lines)
+    outcome, evidence = classify(status, stop_reason, oom_before, oom_after, oom_counter, log_lines,
+                                 host_wide=cg is None, victims=victims, main_pid=main_pid)
+    if stop_reason == "interrupted" and request.stop_grace_s > 0:
+        evidence.detail = (f"stopped: SIGTERM, then up to {request.stop_grace_s:g} s to save its state; " +
+                           ("it exited on its own" if status is not None and status >= 0 else
+                            f"it ended by {evidence.signal}"))
     if leftovers:
         evidence.detail += f"; killed {leftovers} process(es) it left running"
     record = ProbeRecord(
-        batch_size=request.batch_size, phase=request.phase, repeat=request.repeat, attempt=request.attempt,
-        folder=folder.name,
+        batch_size=request.batch_size, phase=request.phase, repeat=request.repeat, retry=request.retry,
+        attempt=request.attempt, folder=folder.name,
         outcome=outcome, evidence=evidence, peaks=peaks,
         limits=Limits(metric=request.metric, rss_limit_bytes=request.rss_limit_bytes, cap_bytes=request.cap_bytes,
                       cgroup=str(cg) if cg else None, cgroup_note=cg_note),
-        metrics=read_metrics(folder / "metrics.jsonl", log_lines, request.metrics_regex,
-                             timeline_start or started_at, timeline),
-        started_at=started_at, ended_at=exited_at, argv=mask_argv(request.argv))
+        metrics=live.finish(timeline, end_t), started_at=started_at, ended_at=exited_at,
+        argv=mask_argv(request.argv))
     write_json(folder / RESULT, record.model_dump(mode="json"))
     (folder / RUNNING).unlink(missing_ok=True)
     return record

@@ -1,0 +1,78 @@
+"""Facts about the machine a run uses, resolved once when it starts and stored in ``ladder.json``: a report
+written later, or on another machine, judges with these numbers, not its own."""
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Optional
+
+import psutil
+
+UNLIMITED = 1 << 60   # cgroup v1 writes "no limit" as a page-aligned 2^63-1; anything this large is no limit
+
+
+def _own_cgroup_dirs() -> list[Path]:
+    """This process's memory cgroup directory and its ancestors (v1 memory controller or v2), innermost first."""
+    from hlrp_ladder.probe.cgroup import mounts
+
+    v1, v2 = mounts()
+    out: list[Path] = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if v1 is not None and "memory" in controllers.split(","):
+            base = v1
+        elif v2 is not None and controllers == "":
+            base = v2
+        else:
+            continue
+        here = base / path.lstrip("/")
+        while True:
+            if here.is_dir():
+                out.append(here)
+            if here == base:
+                break
+            here = here.parent
+    return out
+
+
+def cgroup_limit() -> Optional[int]:
+    """The smallest memory limit of the cgroups this process sits in (a container's, a SLURM job's), if any."""
+    limits = []
+    for folder in _own_cgroup_dirs():
+        for name in ("memory.max", "memory.limit_in_bytes"):
+            try:
+                text = (folder / name).read_text().strip()
+            except OSError:
+                continue
+            if text.isdigit() and int(text) < UNLIMITED:
+                limits.append(int(text))
+    return min(limits) if limits else None
+
+
+def usable_memory() -> int:
+    """What this process can really use: the smallest of MemTotal and the limits of the cgroups above it.
+    Percentages in a spec (``rss_limit: 85%``) resolve against this."""
+    total = psutil.virtual_memory().total
+    limit = cgroup_limit()
+    return min(total, limit) if limit else total
+
+
+def facts(cap_bytes: Optional[int]) -> dict:
+    """The host's facts for ``ladder.json``: name, cores, RAM, usable memory, the cgroup a probe gets, and
+    whether a cap can be enforced (tried for real, with a throwaway cgroup)."""
+    from hlrp_ladder.probe import cgroup
+
+    total = psutil.virtual_memory().total
+    cg, note = cgroup.create(f"hostcheck-{os.getpid()}", cap_bytes)
+    version = cg.version if cg is not None else None
+    if cg is not None:
+        cg.remove()
+    return {"name": platform.node(), "cores": psutil.cpu_count(), "ram_bytes": total,
+            "usable_bytes": usable_memory(), "cgroup": f"v{version}" if version else None,
+            "cap_enforced": None if cap_bytes is None else cg is not None,
+            "cgroup_note": note}
