@@ -128,6 +128,10 @@ def plot_memory(view: RunView, path: Path) -> Optional[Path]:
     return path
 
 
+def _gib(n: Optional[int]) -> Optional[float]:
+    return None if n is None else round(n / GIB, 3)
+
+
 def forecast_frame(view: RunView) -> pd.DataFrame:
     rows = []
     for rec in view.records:
@@ -138,8 +142,10 @@ def forecast_frame(view: RunView) -> pd.DataFrame:
             "bs": rec.batch_size, "outcome": rec.outcome.value, "fit": fc.kind,
             "MiB/validation": fc.slope_mib_per_cycle, "raw MiB/validation": fc.raw_slope_mib_per_cycle,
             "r2": fc.r2, "points": fc.points_used, f"peak GiB ({fc.domain})": round(fc.observed_peak_bytes / GIB, 3),
-            "long-run cycles": fc.long_run_cycles,
-            "predicted GiB": None if fc.predicted_peak_bytes is None else round(fc.predicted_peak_bytes / GIB, 3),
+            "long-run cycles": fc.long_run_cycles, "long-run steps": fc.long_run_steps,
+            "predicted GiB, per validation": _gib(fc.predicted_per_validation_bytes),
+            "predicted GiB, per step": _gib(fc.predicted_per_step_bytes), "judged": fc.model,
+            "predicted GiB": _gib(fc.predicted_peak_bytes),
             "limit GiB": None if fc.limit_bytes is None else round(fc.limit_bytes / GIB, 3), "fits": fc.fits,
         })
     return pd.DataFrame(rows)
@@ -253,7 +259,9 @@ def markdown(view: RunView, png_name: Optional[str], report_command: str,
         lines += ["## Forecast", "",
                   "Memory at each validation end of the stress probes (the first "
                   f"{view.spec.forecast.warmup_cycles} cycle(s) left out), Theil-Sen slope, extrapolated from the "
-                  "probe's peak to the long run's last validation. A plateau extrapolates flat.", "",
+                  "probe's peak to the long run's end twice — growth per validation times the long run's "
+                  "validations, growth per step times its steps — and judged by the worse. A plateau extrapolates "
+                  "flat.", "",
                   fdf.astype(object).where(fdf.notna(), None).to_markdown(index=False, missingval="-"), ""]
         lines += [f"- bs={r.batch_size}: {r.forecast.reason}" for r in view.records if r.forecast is not None]
         lines.append("")
