@@ -29,8 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hlrp_ladder.executors import ProbeRequest  # noqa: E402
-from hlrp_ladder.executors.local import LocalExecutor  # noqa: E402
+from hlrp_ladder.records import ProbeRequest  # noqa: E402
+from hlrp_ladder.probe.runner import run_probe  # noqa: E402
 from hlrp_ladder.probe import cgroup as cgroups  # noqa: E402
 
 MEMHOG = ROOT / "tests" / "fixtures" / "memhog.py"
@@ -42,7 +42,7 @@ def probe(tmp: Path, name: str, args: list[str], rss_limit=8 << 30, interval=0.1
                        argv=[sys.executable, str(MEMHOG), *args], env={}, cwd=str(tmp), rss_limit_bytes=rss_limit,
                        cap_bytes=cap, metric="rss", interval_s=interval, timeout_s=120, kill_grace_s=1,
                        cgroup_name=f"bench-{os.getpid()}-{name}")
-    return LocalExecutor().run(req, on_sample)
+    return run_probe(req, on_sample)
 
 
 def peak_accuracy(tmp: Path, repeats: int) -> dict:

@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hlrp_ladder.executors import ProbeRequest  # noqa: E402
-from hlrp_ladder.executors.local import LocalExecutor  # noqa: E402
+from hlrp_ladder.records import ProbeRequest  # noqa: E402
+from hlrp_ladder.probe.runner import run_probe  # noqa: E402
 from hlrp_ladder.spec import Recipe, load_spec  # noqa: E402
 
 MIB = 2**20
@@ -50,7 +50,7 @@ def main() -> None:
                                argv=spec.argv(args.bs, recipe), env=env, cwd=str(ROOT),
                                rss_limit_bytes=spec.memory.rss_limit_bytes(), cap_bytes=None, metric="rss",
                                interval_s=0.1, timeout_s=900, kill_grace_s=5, cgroup_name=f"stress-attr-{os.getpid()}-{i}")
-            rec = LocalExecutor().run(req)
+            rec = run_probe(req)
             vals = [(p.step, (p.cgroup_bytes or 0) // MIB) for p in rec.metrics.val_points]
             events = [json.loads(line) for line in (Path(tmp) / f"v{i}" / "metrics.jsonl").read_text().splitlines()
                       if '"val_end"' in line]

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from hlrp_ladder import executors, policy
+from hlrp_ladder import policy
 from hlrp_ladder.spec import Spec, SpecError, load_spec
 from hlrp_ladder.store import RunStore, StoreError
 
@@ -82,8 +82,7 @@ def run(spec_path: Path = typer.Argument(..., metavar="SPEC", help="ladder spec 
     spec = load_spec(spec_path)
     _preflight(spec, spec_path, skip_preflight)  # on resume too: a shard or a dir can vanish between attempts
     view = LiveView(err)
-    result = run_ladder(spec, executors.get("local"), view, (run_ref or "latest") if resume else None,
-                        ["hlrp-ladder", *sys.argv[1:]])
+    result = run_ladder(spec, view, (run_ref or "latest") if resume else None, ["hlrp-ladder", *sys.argv[1:]])
     verdict = result.verdict
     if verdict.exit_code == policy.EXIT_PICK:
         out.print(f"[bold green]pick: bs={verdict.pick}[/] — {verdict.reason}", highlight=False)
@@ -160,9 +159,7 @@ def report(run: Optional[str] = typer.Argument(None, help="run folder, NAME/RUN-
 
 def _run_and_spec(run: Optional[str], runs_dir: Path, spec_path: Optional[Path]):
     """The run (default: the latest) and its spec: the given file, or the run's snapshot."""
-    import yaml
-
-    from hlrp_ladder.spec import masked_keys, parse_spec
+    from hlrp_ladder.spec import load_yaml, masked_keys, parse_spec
 
     name = None
     spec = None
@@ -173,7 +170,7 @@ def _run_and_spec(run: Optional[str], runs_dir: Path, spec_path: Optional[Path])
     if spec is None:
         snapshot = store.root / "spec.yaml"
         text = snapshot.read_text()
-        hidden = masked_keys(yaml.safe_load(text) or {})
+        hidden = masked_keys(load_yaml(text) or {})
         if hidden:
             raise StoreError(f"{snapshot}: {', '.join(hidden)} masked in the snapshot; pass the spec with --spec SPEC")
         spec = parse_spec(text, str(snapshot))
@@ -203,10 +200,9 @@ def launch_overnight(run: Optional[str] = typer.Argument(None, help="the ladder 
         return
     overnight.refuse_if_live(store, force)
     _preflight(spec, spec_path or store.root / "spec.yaml", skip_preflight)
-    info = overnight.launch(store, plan, force)
-    where = f"tmux attach -t {plan.tmux_session}" if plan.tmux_session else f"tail -f {plan.request.folder / 'log.txt'}"
-    out.print(f"started: monitor pid {info.get('pid')}; watch: {where}; hlrp-ladder status {store.root}",
-              highlight=False, markup=False)
+    started = overnight.launch(store, spec, plan, force)
+    watch = f"tmux attach -t {plan.name}" if plan.tmux else f"tail -f {plan.request.folder / 'log.txt'}"
+    out.print(f"started: {started}; watch: {watch}; hlrp-ladder status {store.root}", highlight=False, markup=False)
 
 
 @app.command()

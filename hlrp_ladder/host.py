@@ -63,16 +63,17 @@ def usable_memory() -> int:
 
 
 def facts(cap_bytes: Optional[int]) -> dict:
-    """The host's facts for ``ladder.json``: name, cores, RAM, usable memory, the cgroup a probe gets, and
+    """The host's facts for ``ladder.json``: name, cores, RAM, usable memory, where probe cgroups go, and
     whether a cap can be enforced (tried for real, with a throwaway cgroup)."""
     from hlrp_ladder.probe import cgroup
 
-    total = psutil.virtual_memory().total
-    cg, note = cgroup.create(f"hostcheck-{os.getpid()}", cap_bytes)
-    version = cg.version if cg is not None else None
-    if cg is not None:
-        cg.remove()
-    return {"name": platform.node(), "cores": psutil.cpu_count(), "ram_bytes": total,
-            "usable_bytes": usable_memory(), "cgroup": f"v{version}" if version else None,
-            "cap_enforced": None if cap_bytes is None else cg is not None,
-            "cgroup_note": note}
+    parent, note = cgroup.find_parent()
+    cg = None
+    if parent is not None:
+        cg, note = cgroup.create(f"hostcheck-{os.getpid()}", cap_bytes, parent)
+        if cg is not None:
+            cg.remove()
+    return {"name": platform.node(), "cores": psutil.cpu_count(), "ram_bytes": psutil.virtual_memory().total,
+            "usable_bytes": usable_memory(), "cgroup": f"v{parent.version}" if cg is not None else None,
+            "cgroup_parent": str(parent) if cg is not None else None,
+            "cap_enforced": None if cap_bytes is None else cg is not None, "cgroup_note": note}

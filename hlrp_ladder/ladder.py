@@ -1,47 +1,31 @@
-"""Drives a ladder: asks the policy for the next rung, runs it through an executor, stores the record.
+"""Drives a ladder: asks the policy for the next rung, submits it to an executor, polls the handles, stores
+the records. The orchestrator never waits on one probe: it polls, so cancelling on Ctrl-C, and an orchestrator
+that died while its jobs ran on (``--resume`` re-attaches them), fall out of the same loop.
 
 The loop holds no judgement of its own: which rung, what is stable and what is picked are the policy's.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
-import signal
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Optional
 
-from hlrp_ladder import forecast, host, policy
-from hlrp_ladder.executors import Executor
+from hlrp_ladder import executors, forecast, host, policy, sizes
+from hlrp_ladder.executors.core import Executor, Handle, last_sample, substitute_record
 from hlrp_ladder.live import LiveView
 from hlrp_ladder.probe import cgroup as cgroups
 from hlrp_ladder.probe.cgroup import safe_name
 from hlrp_ladder.records import Outcome, ProbeRecord, ProbeRequest
 from hlrp_ladder.spec import Spec
+from hlrp_ladder.signals import StopFlag
+from hlrp_ladder.sizes import gib
 from hlrp_ladder.store import RESULT, RunStore, StoreError, probe_folder_name, write_json
 
-
-class StopFlag:
-    """SIGINT/SIGTERM set a flag the monitor polls, so the probe's tree is killed and recorded, not orphaned."""
-
-    def __init__(self, signals: tuple = (signal.SIGINT, signal.SIGTERM)) -> None:
-        self.raised = False
-        self.signals = signals
-        self._old: dict[int, object] = {}
-
-    def __enter__(self) -> "StopFlag":
-        for sig in self.signals:
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.raised = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-    def __call__(self) -> bool:
-        return self.raised
+POLL_S = 0.1          # how often running probes are polled (a file read locally; a SLURM executor caches its state)
+CANCEL_WAIT_S = 60.0  # after Ctrl-C, how long to wait for the probes to confirm they stopped
 
 
 @dataclass
@@ -92,47 +76,87 @@ def build_request(spec: Spec, plan: policy.Plan, store: RunStore, rung: policy.R
         check_interval=recipe.check_interval, metrics_regex=spec.metrics_regex)
 
 
-def resolve_plan(spec: Spec) -> tuple[policy.Plan, dict]:
-    """The plan and host facts of a new run: percentages of the memory this process can really use."""
+def resolve_plan(spec: Spec, executor_facts: Optional[dict] = None) -> tuple[policy.Plan, dict, list[str]]:
+    """The plan and host facts of a new run, and what to tell the user about them. Percentages resolve against
+    the memory the probes can really use: here, the smallest of MemTotal and the cgroup limits above this
+    process; on a cluster, what the executor says a node has. A cap that cannot be enforced here is dropped —
+    "no cap: <why>" — and the soft limit, lowered to the cap's size, is what the run is judged by."""
+    notes: list[str] = []
+    if executor_facts is not None:  # probes run elsewhere: the executor knows the machine
+        usable = executor_facts.get("usable_bytes") or host.usable_memory()
+        return spec.plan(usable), executor_facts, notes
     usable = host.usable_memory()
     plan = spec.plan(usable)
-    return plan, host.facts(plan.cap_bytes)
+    facts = host.facts(plan.cap_bytes)
+    if plan.cap_bytes is not None and not facts["cap_enforced"]:
+        soft = min(plan.rss_limit_bytes, plan.cap_bytes)
+        notes.append(f"no cap: {facts['cgroup_note']}; going on with the soft limit only, lowered to the cap's "
+                     f"{gib(plan.cap_bytes)} (on summed {spec.memory.metric.upper()}, which counts shared pages a "
+                     f"cgroup would not charge: a stricter limit)")
+        headroom = 0 if spec.memory.headroom is None else sizes.resolve(spec.memory.headroom, soft)
+        plan = dataclasses.replace(plan, cap_bytes=None, rss_limit_bytes=soft, limit_bytes=soft,
+                                   limit_name="soft limit", headroom_bytes=headroom)
+    return plan, facts, notes
 
 
-def open_run(spec: Spec, resume: Optional[str], command_line: list[str], view: LiveView) -> tuple[RunStore, policy.Plan]:
-    """A new run, or the run to resume (``resume='latest'`` for the spec's latest), locked for this process,
-    and the plan it is judged by (the one stored when it started)."""
-    removed, busy = cgroups.sweep_stale()
-    for path in removed:
-        view.message(f"removed a stale probe cgroup: {path}")
-    for path in busy:
-        view.message(f"warning: {path} still holds processes of a probe whose monitor is gone; "
-                     f"--resume of its run kills them")
+def open_run(spec: Spec, executor: Executor, resume: Optional[str], command_line: list[str], view: LiveView,
+             executor_facts: Optional[dict] = None) -> tuple[RunStore, policy.Plan, list[Handle]]:
+    """A new run, or the run to resume (``resume='latest'`` for the spec's latest), locked for this process;
+    the plan it is judged by (the one stored when it started); and, on resume, the probes still running (a
+    SLURM job outlives an orchestrator that was killed), re-attached."""
     if resume is None:
-        plan, facts = resolve_plan(spec)
+        plan, facts, notes = resolve_plan(spec, executor_facts)
+        for note in notes:
+            view.message(note)
         store = RunStore.create(spec, command_line, plan.to_json(), facts)
         store.lock()
-        return store, plan
+        return store, plan, []
     store = RunStore.find(spec.runs_dir, None if resume == "latest" else resume, spec.name)
     state = store.state()
     if state.get("fingerprint") != spec.fingerprint():
         raise StoreError(f"{store.root}: the spec changed since this run started; start a new run instead "
                          f"of resuming")
     store.lock()
-    for note in store.set_aside():
+    running = []
+    for folder in store.unfinished():
+        handle = executor.reattach(folder)
+        if handle is not None:
+            running.append(handle)
+            view.message(f"resume: {folder.name}: {handle.describe()} still running or finished meanwhile; "
+                         f"re-attached")
+    for note in store.set_aside(skip={h.request.folder.name for h in running}, cleanup=executor.cleanup):
         view.message(f"resume: {note}")
     if state.get("plan"):
         plan = policy.Plan.from_json(state["plan"])
     else:  # a run from before plans were stored: resolve now, and keep it
-        plan, facts = resolve_plan(spec)
+        plan, facts, _ = resolve_plan(spec, executor_facts)
         store.write_state(plan=plan.to_json(), host=facts)
     store.write_state(status="running")
-    return store, plan
+    return store, plan, running
 
 
-def run_ladder(spec: Spec, executor: Executor, view: LiveView, resume: Optional[str] = None,
+def run_ladder(spec: Spec, view: LiveView, resume: Optional[str] = None,
                command_line: Optional[list[str]] = None) -> RunResult:
-    store, plan = open_run(spec, resume, command_line or [], view)
+    """Run (or resume) the ladder of ``spec`` through the executor it names, to its verdict."""
+    leaf = cgroups.delegate() if spec.executor.kind == "local" else None
+    try:
+        return _run(spec, view, resume, command_line or [])
+    finally:
+        cgroups.undelegate(leaf)
+
+
+def _run(spec: Spec, view: LiveView, resume: Optional[str], command_line: list[str]) -> RunResult:
+    executor, executor_facts = executors.create(spec)
+    if spec.executor.kind == "local":
+        removed, busy = cgroups.sweep_stale(cgroups.find_parent()[0])
+        for path in removed:
+            view.message(f"removed a stale probe cgroup: {path}")
+        for path in busy:
+            view.message(f"warning: {path} still holds processes of a probe whose monitor is gone; "
+                         f"--resume of its run kills them")
+    store, plan, running = open_run(spec, executor, resume, command_line, view, executor_facts)
+    if spec.executor.kind == "local":  # where this run's probe cgroups go: resolved when it started, or now
+        executor.configure(store.state().get("host") or {} if resume is None else host.facts(plan.cap_bytes))
     loaded = store.load()
     for warning in loaded.warnings:
         view.message(f"warning: {warning}")
@@ -140,20 +164,48 @@ def run_ladder(spec: Spec, executor: Executor, view: LiveView, resume: Optional[
     records = [with_forecast(spec, plan, r) if r.forecast is None else r for r in loaded.records]
     for rec in policy.latest(records).values():
         view.message(f"resume: {policy.describe(rec)} (kept from {rec.folder})")
+    for handle in running:
+        view.start(handle.request)
+
+    def collect(handle: Handle, record: ProbeRecord) -> None:
+        record = with_forecast(spec, plan, record)
+        if record.forecast is not None:
+            write_json(handle.request.folder / RESULT, record.model_dump(mode="json"))
+        view.finish(record)
+        records.append(record)
+        running.remove(handle)
+
     with StopFlag() as stop:
         while not stop():
-            rung = policy.next_rung(plan, records)
-            if rung is None:
-                break
-            request = build_request(spec, plan, store, rung)
-            view.start(request)
-            record = with_forecast(spec, plan, executor.run(request, view.on_sample, stop))
-            if record.forecast is not None:
-                write_json(request.folder / RESULT, record.model_dump(mode="json"))
-            view.finish(record)
-            records.append(record)
+            for handle in list(running):
+                record = handle.poll()
+                if record is not None:
+                    collect(handle, record)
+            if not running:
+                rung = policy.next_rung(plan, records)
+                if rung is None:
+                    break
+                request = build_request(spec, plan, store, rung)
+                view.start(request)
+                running.append(executor.submit(request))
+            for handle in running:
+                view.on_sample(handle.request, last_sample(handle.request.folder))
+            time.sleep(POLL_S)
         if stop():
-            spec_arg = (command_line or [])[2] if len(command_line or []) > 2 else "SPEC"
+            for handle in running:
+                handle.cancel()
+            deadline = time.monotonic() + CANCEL_WAIT_S
+            while running and time.monotonic() < deadline:
+                for handle in list(running):
+                    record = handle.poll()
+                    if record is not None:
+                        collect(handle, record)
+                time.sleep(POLL_S)
+            for handle in list(running):  # the executor could not confirm: say what we know
+                collect(handle, substitute_record(handle.request, Outcome.interrupted, f"stopped by the user; "
+                                                  f"{handle.describe()} did not confirm within {CANCEL_WAIT_S:.0f} s",
+                                                  None, time.time()))
+            spec_arg = command_line[2] if len(command_line) > 2 else "SPEC"
             reason = f"interrupted; resume with: hlrp-ladder run {spec_arg} --resume {store.root}"
             store.write_state(status="interrupted", reason=reason, exit_code=policy.EXIT_INTERRUPTED)
             return RunResult(store, policy.Verdict(None, reason, policy.EXIT_INTERRUPTED, status="interrupted"),

@@ -55,6 +55,7 @@ class Evidence(_Model):
     oom_counter: Optional[str] = None        # where the OOM-kill count was read
     log_line: Optional[str] = None           # the line of the log that shows what happened
     detail: str = ""                         # one sentence a person can read
+    scheduler: Optional[str] = None          # what the executor saw: "SLURM job 17: OUT_OF_MEMORY, ExitCode 0:125"
 
 
 class Peaks(_Model):
@@ -181,8 +182,14 @@ class ProbeRequest(_Model):
     stop_grace_s: float = 0.0                # when stopped (Ctrl-C, --force): 0 kills at once (probes); the long
                                              # run gets SIGTERM and this long to save its state first
     cgroup_name: str
+    cgroup: str = Field("auto", description="where the probe's memory cgroup is made: 'auto' (find one), a "
+                        "parent such as 'v1 /sys/fs/cgroup/memory/hlrp-ladder', 'job' (the enclosing cgroup of a "
+                        "SLURM job, which SLURM caps), or 'none'")
+    cgroup_note: str = ""                    # why there is none, when cgroup is 'none'
     probe_id: str = Field("", description="HLRP_LADDER_PROBE in the tree's environment: resume kills only "
                           "processes that carry it (or sit in the probe's cgroup)")
+    heartbeat_s: float = 5.0                 # status.json every this long: memory now and at peak
+    expected_s: Optional[float] = None       # how long it should run (the long run), for a scheduler's time limit
     check_interval: Optional[int] = None     # steps between validations (numbers a regex-only trainer's)
     metrics_regex: MetricsPatterns = MetricsPatterns()
 

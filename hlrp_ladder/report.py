@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Optional
 
 import pandas as pd
-import yaml
 
 from hlrp_ladder import policy
 from hlrp_ladder.records import ProbeRecord
 from hlrp_ladder.sizes import GIB, gib
-from hlrp_ladder.spec import Spec
+from hlrp_ladder.spec import Spec, load_yaml
 from hlrp_ladder.store import SPEC_SNAPSHOT, RunStore, StoreError, atomic_write
 
 
@@ -35,7 +34,7 @@ class RunView:
 
 def load_run(store: RunStore) -> RunView:
     try:
-        spec = Spec.model_validate(yaml.safe_load((store.root / SPEC_SNAPSHOT).read_text()))
+        spec = Spec.model_validate(load_yaml((store.root / SPEC_SNAPSHOT).read_text()))
     except (OSError, ValueError) as exc:
         raise StoreError(f"{store.root / SPEC_SNAPSHOT}: unreadable spec snapshot ({str(exc).splitlines()[0]})") \
             from None

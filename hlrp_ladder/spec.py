@@ -88,6 +88,37 @@ class Overnight(_Strict):
                                 "timeout): SIGTERM, this long to save a checkpoint and close loggers, then SIGKILL")
 
 
+_SLURM_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$|^\d+-\d+$")
+
+
+def _slurm_time(value: Optional[str]) -> Optional[str]:
+    if value is not None and not _SLURM_TIME.match(str(value)):
+        raise ValueError(f"{value!r} is not a SLURM time (minutes, HH:MM:SS or D-HH:MM:SS)")
+    return None if value is None else str(value)
+
+
+class SlurmSettings(_Strict):
+    """sbatch options for each probe (and the long run); ``memory.cap`` becomes the job's ``--mem``."""
+    partition: Optional[str] = None
+    time: Annotated[Optional[str], BeforeValidator(lambda v: None if v is None else str(v)),
+                    AfterValidator(_slurm_time)] = Field(
+        None, description="--time of a probe (default: its timeout, rounded up to minutes, plus 2 minutes); the "
+                          "long run's comes from overnight.hours")
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    cpus_per_task: PositiveInt = 2
+    gres: Optional[str] = None
+    constraint: Optional[str] = None
+    extra_args: list[str] = Field([], description="more sbatch arguments, each one argv item (never a shell)")
+    poll_s: float = Field(1.0, gt=0, le=60, description="how often job states are read (scontrol)")
+
+
+class ExecutorSpec(_Strict):
+    """Where probes run: here (local) or as SLURM jobs. Part of what a run measures (its fingerprint)."""
+    kind: Literal["local", "slurm"] = "local"
+    slurm: SlurmSettings = SlurmSettings()
+
+
 class Preflight(_Strict):
     hosts: list[str] = Field([], description="hosts that must resolve (host) or accept a connection (host:port), "
                              "e.g. a cluster login node")
@@ -179,6 +210,7 @@ class Spec(_Strict):
     forecast: ForecastConfig = ForecastConfig()
     overnight: Optional[Overnight] = None
     preflight: Preflight = Preflight()
+    executor: ExecutorSpec = ExecutorSpec()
 
     @field_validator("overrides", mode="before")
     @classmethod
@@ -315,6 +347,29 @@ def mask_argv(argv: list[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------- loading
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 without base-60 numbers: ``time: 1:30:00`` is the string a SLURM user means, not 5400."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    """YAML as a spec is read (no base-60 numbers)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _line_map(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
     """YAML path -> 1-based line of its value (and of the key, under the path + ('<key>',))."""
     out = {} if out is None else out
@@ -358,8 +413,8 @@ def _loc_text(loc: tuple) -> str:
 def parse_spec(text: str, source: str) -> Spec:
     """Validate a spec from YAML text; ``source`` names it in errors."""
     try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=_Loader)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""

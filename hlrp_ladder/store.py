@@ -190,12 +190,20 @@ class RunStore:
     def attempts(self, folder_name: str) -> int:
         return 1 + len(list(self.root.glob(f"{folder_name}.*")))
 
-    def set_aside(self) -> list[str]:
-        """Before a resume: stop what unfinished probes left running, and move aside the folders of probes that
-        gave no verdict (unfinished, interrupted, corrupt, or inconclusive: an error or a timeout, which the
-        user may have fixed since), so they run again. Nothing is deleted."""
+    def unfinished(self) -> list[Path]:
+        """Probe folders without a record: still running somewhere, or abandoned."""
+        return [folder for folder in self.probe_dirs() if not (folder / RESULT).exists()]
+
+    def set_aside(self, skip: set[str] = frozenset(), cleanup=None) -> list[str]:
+        """Before a resume: stop what unfinished probes left running (``cleanup(folder)``, the executor's; by
+        default the local leftovers), and move aside the folders of probes that gave no verdict (unfinished,
+        interrupted, corrupt, or inconclusive: an error or a timeout, which the user may have fixed since), so
+        they run again. Folders in ``skip`` (re-attached, still running) stay. Nothing is deleted."""
+        cleanup = cleanup or (lambda folder: kill_leftovers(folder / RUNNING))
         notes = []
         for folder in self.probe_dirs():
+            if folder.name in skip:
+                continue
             result = folder / RESULT
             reason = None
             if not result.exists():
@@ -211,7 +219,7 @@ class RunStore:
                     reason = "corrupt"
             if reason is None:
                 continue
-            killed = kill_leftovers(folder / RUNNING)
+            killed = cleanup(folder)
             target = folder.with_name(f"{folder.name}.{reason}-{self.attempts(folder.name)}")
             folder.rename(target)
             extra = f", killed {killed} leftover process(es)" if killed else ""

@@ -73,13 +73,13 @@ def test_launch_outlives_the_command_and_status_follows_it(tmp_path, with_tmux, 
     assert ("tmux attach -t" in res.stdout) == with_tmux
     # the launching command has exited; the long run goes on without it
     st = wait_state(tmp_path, "running", env=env)
-    assert st["batch_size"] == 4 and psutil.pid_exists(st["monitor_pid"])
+    assert st["batch_size"] == 4 and psutil.pid_exists(st["runner_pid"])
     assert (st["tmux_session"] is not None) == with_tmux
     st = wait_state(tmp_path, "ended", env=env)
     assert st["outcome"] == "ok" and st["metrics"]["step"] == 300 and st["metrics"]["val_loss"] is not None
     folder = Path(st["folder"])
     assert {"argv.json", "log.txt", "memory.csv", "metrics.jsonl", "result.json", "request.json",
-            "monitor.json"} <= {p.name for p in folder.iterdir()}
+            "submitted.json", "runner.json"} <= {p.name for p in folder.iterdir()}
     assert took < 15
 
 
@@ -103,15 +103,15 @@ def test_second_launch_is_refused_while_one_is_alive_and_force_replaces_it(tmp_p
     first = wait_state(tmp_path, "running")
     again = cli("launch-overnight", "--pick", "stable", "--runs-dir", runs, cwd=tmp_path)
     assert again.returncode == 2
-    assert again.stderr.startswith(f"error: an overnight run is alive: {first['folder']} (bs=4, monitor pid "
-                                   f"{first['monitor_pid']}")
+    assert again.stderr.startswith(f"error: an overnight run is alive: {first['folder']} (bs=4, pid "
+                                   f"{first['runner_pid']}")
     forced = cli("launch-overnight", "--pick", "stable", "--force", "--runs-dir", runs, cwd=tmp_path)
     assert forced.returncode == 0, forced.stderr
     old = json.loads((Path(first["folder"]) / "result.json").read_text())
     assert old["outcome"] == "interrupted"
     st = wait_state(tmp_path, "running")
     assert st["folder"].endswith("overnight-2")
-    subprocess.run(["kill", str(st["monitor_pid"])])
+    subprocess.run(["kill", str(st["runner_pid"])])
     assert wait_state(tmp_path, "ended")["outcome"] == "interrupted"
 
 
@@ -208,7 +208,7 @@ def test_no_secret_on_any_command_line_or_record_and_records_follow_the_umask(tm
     time.sleep(0.5)
     for proc in psutil.process_iter(["cmdline"]):  # what every user of the machine can read
         assert secret not in " ".join(proc.info["cmdline"] or []), proc.info["cmdline"]
-    monitor = psutil.Process(st["monitor_pid"])
+    monitor = psutil.Process(st["runner_pid"])
     assert monitor.environ().get("WANDB_API_KEY") == secret  # ... yet the long run has it
     assert not (folder / ".env.json").exists()  # read once by the monitor, then deleted
     for record in folder.iterdir():
@@ -217,7 +217,7 @@ def test_no_secret_on_any_command_line_or_record_and_records_follow_the_umask(tm
     # team-readable as the umask says (027 -> 0640), not mkstemp's 0600
     assert (folder / "request.json").stat().st_mode & 0o777 == 0o640
     assert (folder.parent / "ladder.json").stat().st_mode & 0o777 == 0o644  # written under the default umask
-    subprocess.run(["kill", str(st["monitor_pid"])])
+    subprocess.run(["kill", str(st["runner_pid"])])
     wait_state(tmp_path, "ended")
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from hlrp_ladder.executors import ProbeRequest
-from hlrp_ladder.executors.local import LocalExecutor
+from hlrp_ladder.records import ProbeRequest
+from hlrp_ladder.probe.runner import run_probe
 from hlrp_ladder.probe import cgroup as cgroups
 from hlrp_ladder.records import Outcome
 from tests.conftest import memhog
@@ -24,7 +24,7 @@ def request(tmp_path: Path, argv: list[str], *, rss_limit=4 << 30, cap=None, met
 
 
 def run(req, should_stop=None):
-    return LocalExecutor().run(req, None, should_stop)
+    return run_probe(req, None, should_stop)
 
 
 def no_process_with(marker: str) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from hlrp_ladder.executors.local import LocalExecutor
+from hlrp_ladder.probe.runner import run_probe
 from hlrp_ladder.probe import cgroup as cgroups
 from hlrp_ladder.probe import runner as runner_mod
 from hlrp_ladder.records import MARKER_ENV, Outcome, ProbeRequest
@@ -113,7 +113,7 @@ def test_without_a_cgroup_another_jobs_oom_kill_does_not_fail_an_ok_probe(tmp_pa
         monkeypatch.setattr(cgroups, "mounts", lambda: (None, None))  # the probe gets no cgroup of its own
         probe = request(tmp_path, memhog("base_mb=30", "steps=150", "step_s=0.02"))
         holder = {}
-        thread = threading.Thread(target=lambda: holder.setdefault("rec", LocalExecutor().run(probe)))
+        thread = threading.Thread(target=lambda: holder.setdefault("rec", run_probe(probe)))
         thread.start()
         time.sleep(0.8)
         # another user's job, in its own 60 MiB cgroup, runs out of memory while the probe runs
@@ -137,7 +137,7 @@ def test_without_a_cgroup_a_kill_of_the_tree_is_found_in_the_kernel_log(tmp_path
         monkeypatch.setattr(cgroups, "mounts", lambda: (None, None))
         probe = request(tmp_path, memhog("start_delay_s=1.0", "base_mb=300", "steps=5"))
         holder = {}
-        thread = threading.Thread(target=lambda: holder.setdefault("rec", LocalExecutor().run(probe)))
+        thread = threading.Thread(target=lambda: holder.setdefault("rec", run_probe(probe)))
         thread.start()
         running = tmp_path / "p" / "running.json"
         deadline = time.monotonic() + 10
@@ -179,7 +179,7 @@ def test_a_crash_mid_probe_leaves_no_process_and_no_cgroup(tmp_path, need_cgroup
     monkeypatch.setattr(runner_mod, "TreeSampler", Broken)
     req = request(tmp_path, memhog("hang=1", marker), cap=200 * MIB)
     with pytest.raises(RuntimeError):
-        LocalExecutor().run(req)
+        run_probe(req)
     info = json.loads((tmp_path / "p" / "running.json").read_text())
     assert info["cgroup"] and info["marker"]  # recorded before the spawn
     assert cgroups.find(info["cgroup"]) is None  # removed on the way out

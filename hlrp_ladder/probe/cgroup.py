@@ -1,5 +1,15 @@
-"""A memory cgroup per probe (v1 or v2, whichever is writable), for an exact peak, a real kernel cap and a
-complete member list. Where neither is writable, :func:`create` returns None and says why.
+"""Memory cgroups: one per probe, for an exact peak, a real kernel cap and a complete member list.
+
+Where a probe cgroup can be made (:func:`find_parent`, resolved once per run by the orchestrator):
+- as root, under ``<mount>/hlrp-ladder/`` of the v1 memory hierarchy or the v2 one;
+- as an ordinary user, inside the user's own cgroup when the system delegated it (it is writable: systemd
+  user delegation, a container's namespace, a subtree root prepared): ``<own cgroup>/hlrp-ladder/``. On v2 the
+  memory controller must be enabled for the children of the own cgroup, which the kernel allows only while it
+  holds no process ("no internal processes"); :func:`delegate` moves this process into a leaf of its own first,
+  when it is the only one there, and :func:`undelegate` puts everything back at the end.
+- inside a SLURM job, the job's own cgroup (:func:`enclosing`), read without root: SLURM enforces ``--mem``.
+The root ``cgroup.subtree_control`` is written only by root. Where nothing is writable, the run says
+"no cap: <why>" and goes on with the soft limit.
 """
 from __future__ import annotations
 
@@ -15,6 +25,7 @@ from typing import Optional
 import psutil
 
 PARENT = "hlrp-ladder"
+HOME = "hlrp-ladder-home"   # v2 delegation: the leaf the orchestrator moves into
 
 
 def _read(path: Path) -> str:
@@ -50,6 +61,25 @@ def mounts() -> tuple[Optional[Path], Optional[Path]]:
     return v1, v2
 
 
+def own(version: int, pid: str = "self") -> Optional[Path]:
+    """The cgroup folder a process sits in, in the v1 memory hierarchy or the v2 one."""
+    v1, v2 = mounts()
+    mount = v1 if version == 1 else v2
+    if mount is None:
+        return None
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if (version == 1 and "memory" in controllers.split(",")) or (version == 2 and controllers == ""):
+            here = mount / path.lstrip("/")
+            # in a container the mount may be the own cgroup itself (a cgroup namespace shows the path as /)
+            return here if here.is_dir() else mount
+    return None
+
+
 def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:200]
 
@@ -58,6 +88,7 @@ def safe_name(text: str) -> str:
 class MemoryCgroup:
     version: int
     path: Path
+    shared: bool = False    # a cgroup this process sits in (a SLURM job's): read; its members killed, never itself
 
     def __str__(self) -> str:
         return f"v{self.version} {self.path}"
@@ -76,6 +107,13 @@ class MemoryCgroup:
             return int(_read(self.usage_file))
         except (OSError, ValueError):
             return None
+
+    def limit(self) -> Optional[int]:
+        try:
+            text = _read(self.path / ("memory.limit_in_bytes" if self.version == 1 else "memory.max")).strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() and int(text) < (1 << 60) else None
 
     def peak(self) -> tuple[Optional[int], str]:
         name = "memory.max_usage_in_bytes" if self.version == 1 else "memory.peak"
@@ -97,14 +135,15 @@ class MemoryCgroup:
 
     def pids(self) -> list[int]:
         try:
-            return [int(x) for x in _read(self.procs_file).split()]
+            found = [int(x) for x in _read(self.procs_file).split()]
         except (OSError, ValueError):
             return []
+        return [p for p in found if p != os.getpid()] if self.shared else found
 
     def kill_all(self) -> int:
         """SIGKILL every member until none is left (members may fork meanwhile); return how many were hit."""
         hit = 0
-        if self.version == 2 and (self.path / "cgroup.kill").exists():
+        if self.version == 2 and not self.shared and (self.path / "cgroup.kill").exists():
             pids = self.pids()
             try:
                 _write(self.path / "cgroup.kill", "1")
@@ -119,14 +158,16 @@ class MemoryCgroup:
                 try:
                     os.kill(pid, signal.SIGKILL)
                     hit += 1
-                except ProcessLookupError:
+                except (ProcessLookupError, PermissionError):
                     pass
             time.sleep(0.02)
         return hit
 
     def remove(self, wait_s: float = 5.0) -> None:
         """rmdir once the members are gone (the kernel refuses while any remain), and the shared parent folder
-        too when this was its last probe."""
+        too when this was its last probe. A shared (enclosing) cgroup is never removed."""
+        if self.shared:
+            return
         deadline = time.monotonic() + wait_s
         while True:
             try:
@@ -146,9 +187,114 @@ class MemoryCgroup:
                 pass
 
 
-def _create_v1(mount: Path, name: str, limit: Optional[int]) -> MemoryCgroup:
-    path = mount / PARENT / name
-    path.mkdir(parents=True, exist_ok=False)
+# ---------------------------------------------------------------------------------------------------- where
+@dataclass(frozen=True)
+class Parent:
+    """The folder probe cgroups are made in."""
+    version: int
+    path: Path
+
+    def __str__(self) -> str:
+        return f"v{self.version} {self.path}"
+
+    @staticmethod
+    def parse(text: Optional[str]) -> Optional["Parent"]:
+        match = re.match(r"^v([12]) (.+)$", text or "")
+        return Parent(int(match.group(1)), Path(match.group(2))) if match else None
+
+
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK) and os.access(folder / "cgroup.procs", os.W_OK)
+
+
+def find_parent() -> tuple[Optional[Parent], str]:
+    """Where this process may make memory-capped probe cgroups, or (None, why not). Nothing is created."""
+    v1, v2 = mounts()
+    reasons = []
+    root = os.geteuid() == 0
+    if v1 is not None:
+        base = v1 if root else own(1)
+        if base is not None and _writable(base):
+            return Parent(1, base / PARENT), ""
+        reasons.append(f"v1: {base} is not delegated to uid {os.geteuid()}" if base else "v1: no own cgroup")
+    else:
+        reasons.append("v1: no memory hierarchy mounted")
+    if v2 is not None:
+        base = v2 if root else own(2)
+        if base is None:
+            reasons.append("v2: no own cgroup")
+        elif "memory" not in _read(base / "cgroup.controllers").split():
+            reasons.append(f"v2: the memory controller is not available in {base}")
+        elif not _writable(base):
+            reasons.append(f"v2: {base} is not delegated to uid {os.geteuid()}")
+        elif not root and "memory" not in _read(base / "cgroup.subtree_control").split():
+            reasons.append(f"v2: {base} is delegated, but its memory controller is not enabled for children "
+                           f"(hlrp-ladder run does that when it is alone in it)")
+        else:
+            return Parent(2, base / PARENT), ""
+    else:
+        reasons.append("v2: not mounted")
+    return None, "; ".join(reasons)
+
+
+def delegate() -> Optional[Path]:
+    """cgroup v2, ordinary user, own cgroup delegated: enable its memory controller for children, moving this
+    process into a leaf of its own first (the kernel refuses while the cgroup holds processes). Done only when
+    this process is the only one there; returns the leaf to undo later (None: nothing done)."""
+    base = own(2)
+    if os.geteuid() == 0 or base is None or not _writable(base):
+        return None
+    try:
+        if "memory" in _read(base / "cgroup.subtree_control").split() or \
+                "memory" not in _read(base / "cgroup.controllers").split():
+            return None
+        if set(int(p) for p in _read(base / "cgroup.procs").split()) != {os.getpid()}:
+            return None  # others live here: moving them is not ours to do
+        leaf = base / f"{HOME}.p{os.getpid()}"
+        leaf.mkdir(exist_ok=True)
+        _write(leaf / "cgroup.procs", str(os.getpid()))
+        _write(base / "cgroup.subtree_control", "+memory")
+        return leaf
+    except OSError:
+        return None
+
+
+def undelegate(leaf: Optional[Path]) -> None:
+    """Put back what :func:`delegate` changed: the memory controller off, this process back, the leaf gone.
+    Left as it is while another run still uses the delegated cgroup."""
+    if leaf is None:
+        return
+    base = leaf.parent
+    try:
+        (base / PARENT).rmdir()
+    except OSError:
+        pass
+    try:
+        _write(base / "cgroup.subtree_control", "-memory")
+        _write(base / "cgroup.procs", str(os.getpid()))
+        leaf.rmdir()
+    except OSError:
+        pass
+
+
+def enclosing() -> tuple[Optional[MemoryCgroup], str]:
+    """The cgroup this process sits in (a SLURM job's step, which SLURM caps at --mem), read without root:
+    its peak and OOM-kill counter count the whole job."""
+    for version in (1, 2):
+        path = own(version)
+        if path is None:
+            continue
+        cg = MemoryCgroup(version, path, shared=True)
+        if cg.peak()[0] is not None or cg.usage() is not None:
+            return cg, ""
+    return None, "the enclosing cgroup has no readable memory accounting"
+
+
+# ---------------------------------------------------------------------------------------------------- create
+def _create_v1(parent: Path, name: str, limit: Optional[int]) -> MemoryCgroup:
+    path = parent / name
+    parent.mkdir(exist_ok=True)
+    path.mkdir(exist_ok=False)
     cg = MemoryCgroup(1, path)
     try:
         if limit is not None:
@@ -164,12 +310,10 @@ def _create_v1(mount: Path, name: str, limit: Optional[int]) -> MemoryCgroup:
     return cg
 
 
-def _create_v2(mount: Path, name: str, limit: Optional[int]) -> MemoryCgroup:
-    if "memory" not in _read(mount / "cgroup.controllers").split():
-        raise OSError(errno.ENOTSUP, "the memory controller is not enabled in the v2 hierarchy")
-    if "memory" not in _read(mount / "cgroup.subtree_control").split():
-        _write(mount / "cgroup.subtree_control", "+memory")
-    parent = mount / PARENT
+def _create_v2(parent: Path, name: str, limit: Optional[int]) -> MemoryCgroup:
+    base = parent.parent
+    if "memory" not in _read(base / "cgroup.subtree_control").split():
+        _write(base / "cgroup.subtree_control", "+memory")  # the root's only as root (find_parent says so)
     parent.mkdir(exist_ok=True)
     if "memory" not in _read(parent / "cgroup.subtree_control").split():
         _write(parent / "cgroup.subtree_control", "+memory")
@@ -187,29 +331,31 @@ def _create_v2(mount: Path, name: str, limit: Optional[int]) -> MemoryCgroup:
     return cg
 
 
-def create(name: str, limit: Optional[int]) -> tuple[Optional[MemoryCgroup], str]:
-    """A fresh memory cgroup for one probe, or (None, why not). The name ends in ``.p<pid>`` of the creating
-    process, so a later sweep can tell a cgroup whose creator is gone."""
-    v1, v2 = mounts()
+def create(name: str, limit: Optional[int], parent: Optional[Parent] = None) -> tuple[Optional[MemoryCgroup], str]:
+    """A fresh memory cgroup for one probe inside ``parent`` (default: :func:`find_parent`), or (None, why
+    not). The name ends in ``.p<pid>`` of the creating process, so a later sweep can tell a cgroup whose
+    creator is gone."""
+    if parent is None:
+        parent, why = find_parent()
+        if parent is None:
+            return None, f"no writable memory cgroup ({why})"
     name = f"{safe_name(name)[:180]}.p{os.getpid()}"
-    reasons = []
-    for version, mount, make in ((1, v1, _create_v1), (2, v2, _create_v2)):
-        if mount is None:
-            reasons.append(f"v{version}: not mounted")
+    make = _create_v1 if parent.version == 1 else _create_v2
+    stale = parent.path / name
+    if stale.exists():
+        MemoryCgroup(parent.version, stale).kill_all()
+        MemoryCgroup(parent.version, stale).remove()
+    error = "unknown"
+    for _ in range(3):  # the shared parent folder may vanish under us (its last probe removing it)
+        try:
+            return make(parent.path, name, limit), ""
+        except FileNotFoundError as exc:
+            error = exc.strerror or str(exc)
             continue
-        stale = mount / PARENT / name
-        if stale.exists():
-            MemoryCgroup(version, stale).kill_all()
-            MemoryCgroup(version, stale).remove()
-        for _ in range(3):  # the shared parent folder may vanish under us (its last probe removing it)
-            try:
-                return make(mount, name, limit), ""
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                reasons.append(f"v{version}: {exc.strerror or exc}")
-                break
-    return None, "no writable memory cgroup (" + "; ".join(reasons) + ")"
+        except OSError as exc:
+            error = exc.strerror or str(exc)
+            break
+    return None, f"no writable memory cgroup (v{parent.version} {parent.path}: {error})"
 
 
 def _creator_alive(folder: Path) -> bool:
@@ -223,27 +369,25 @@ def _creator_alive(folder: Path) -> bool:
         return False
 
 
-def sweep_stale() -> tuple[list[str], list[str]]:
+def sweep_stale(parent: Optional[Parent]) -> tuple[list[str], list[str]]:
     """Remove the empty probe cgroups of monitors that are gone (a crash between create and remove); return
     (removed, still holding processes). A stale cgroup with processes in it is left to ``--resume`` of its
     run, which kills exactly those."""
     removed, busy = [], []
-    for version, mount in zip((1, 2), mounts()):
-        parent = mount / PARENT if mount is not None else None
-        if parent is None or not parent.is_dir():
+    if parent is None or not parent.path.is_dir():
+        return removed, busy
+    for child in parent.path.iterdir():
+        if not child.is_dir() or _creator_alive(child):
             continue
-        for child in parent.iterdir():
-            if not child.is_dir() or _creator_alive(child):
-                continue
-            try:
-                child.rmdir()
-                removed.append(f"v{version} {child}")
-            except OSError:
-                busy.append(f"v{version} {child}")
         try:
-            parent.rmdir()
+            child.rmdir()
+            removed.append(f"v{parent.version} {child}")
         except OSError:
-            pass
+            busy.append(f"v{parent.version} {child}")
+    try:
+        parent.path.rmdir()
+    except OSError:
+        pass
     return removed, busy
 
 

@@ -26,6 +26,8 @@ from hlrp_ladder.records import MARKER_ENV, METRICS_ENV, Limits, Peaks, ProbeRec
 from hlrp_ladder.spec import MASK, mask, mask_argv
 from hlrp_ladder.store import RESULT, RUNNING, write_json
 
+CSV_FLUSH_S = 0.5
+
 
 def _env_diff(request: ProbeRequest, metrics_path: Path, marker: str) -> dict[str, str]:
     # A value masked on disk (request.json) is not the value: the runner's own environment carries it.
@@ -57,6 +59,17 @@ class _Stopper:
             self.kill_at = None
 
 
+def _cgroup(request: ProbeRequest) -> tuple[Optional[cgroups.MemoryCgroup], str]:
+    if request.cgroup == "none":
+        return None, request.cgroup_note or "no memory cgroup"
+    if request.cgroup == "job":
+        cg, note = cgroups.enclosing()
+        if cg is not None:
+            note = "the job's own cgroup, capped by its scheduler; it counts this monitor too"
+        return cg, note
+    return cgroups.create(request.cgroup_name, request.cap_bytes, cgroups.Parent.parse(request.cgroup))
+
+
 def run_probe(request: ProbeRequest, on_sample: Optional[OnSample] = None,
               should_stop: Optional[ShouldStop] = None) -> ProbeRecord:
     folder = request.folder
@@ -68,7 +81,7 @@ def run_probe(request: ProbeRequest, on_sample: Optional[OnSample] = None,
     env_diff = _env_diff(request, metrics_path, marker)
     write_json(folder / "argv.json", {"argv": mask_argv(request.argv), "env": mask(env_diff), "cwd": request.cwd})
 
-    cg, cg_note = cgroups.create(request.cgroup_name, request.cap_bytes)
+    cg, cg_note = _cgroup(request)
     try:
         running = {"pid": None, "pgid": None, "create_time": None, "cgroup": str(cg) if cg else None,
                    "marker": marker, "orchestrator_pid": os.getpid()}
@@ -85,6 +98,8 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
     folder = request.folder
     if request.cap_bytes is not None and cg is None:
         cg_note += "; the cap is NOT enforced"
+    elif request.cap_bytes is not None and cg is not None and cg.shared and cg.limit() is None:
+        cg_note += "; it has no memory limit: the cap is NOT enforced"
     oom_counter = cg.oom_counter_name if cg else "/proc/vmstat (system-wide)"
     kernel_log = KernelLog() if cg is None else None  # opened before the spawn: kills from now on
     oom_before = cg.oom_kills() if cg else cgroups.vmstat_oom_kills()
@@ -116,6 +131,7 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
     timeline: list[tuple[float, int, Optional[int]]] = []
     stopper = _Stopper()
     status = exited_at = None
+    flushed_at = 0.0
     next_tick = time.monotonic()
     with open(folder / "memory.csv", "w", buffering=1 << 16) as csv:
         csv.write(CSV_HEADER)
@@ -129,6 +145,9 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
             sample = sampler.sample()
             seen_pids.update(sampler.known)
             csv.write(sample.csv())
+            if sample.t - flushed_at >= CSV_FLUSH_S:  # readers (the live view, status) see it within this long
+                csv.flush()
+                flushed_at = sample.t
             timeline.append((sample.t, sample.rss, sample.cgroup))
             live.poll(sample.t)
             peaks.samples += 1

@@ -1,0 +1,74 @@
+"""Starting the long run detached, and stopping it gently, through the executor the spec names."""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional
+
+from hlrp_ladder import executors, host
+from hlrp_ladder.executors.core import Handle, read_json
+from hlrp_ladder.overnight.plan import Launch, LaunchError, folders
+from hlrp_ladder.spec import Spec
+from hlrp_ladder.store import RESULT, RunStore
+
+
+def handle_of(folder: Path) -> Optional[Handle]:
+    """A handle to the long run in ``folder`` if its runner (or job) is still there, else None."""
+    if (folder / RESULT).exists():
+        return None
+    return executors.for_folder(folder).reattach(folder)
+
+
+def live_runs(store: RunStore) -> list[tuple[Path, Handle]]:
+    out = []
+    for folder in folders(store):
+        handle = handle_of(folder)
+        if handle is not None and handle.state() != "ended":
+            out.append((folder, handle))
+    return out
+
+
+def refuse_if_live(store: RunStore, force: bool) -> None:
+    """A second long run of the same ladder while one is alive is refused (naming it), unless --force."""
+    if force:
+        return
+    for folder, handle in live_runs(store):
+        bs = (read_json(folder / "request.json") or {}).get("batch_size")
+        raise LaunchError(f"an overnight run is alive: {folder} (bs={bs}, {handle.describe()}); hlrp-ladder status "
+                          f"shows it, --force stops it and launches anew")
+
+
+def launch(store: RunStore, spec: Spec, plan: Launch, force: bool, wait_s: float = 15.0) -> str:
+    """Submit the long run detached (refusing, or with --force stopping, a live one); where it runs."""
+    refuse_if_live(store, force)
+    for folder, _ in live_runs(store):
+        stop(folder)
+    if plan.tmux and subprocess.run(["tmux", "has-session", "-t", f"={plan.name}"],
+                                    capture_output=True).returncode == 0:
+        raise LaunchError(f"tmux session {plan.name!r} exists already; set overnight.tmux_session")
+    executor, _ = executors.create(spec)
+    if spec.executor.kind == "local":
+        executor.configure(host.facts(plan.request.cap_bytes))
+    handle = executor.submit(plan.request, detached=True, name=plan.name)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        state = handle.state()
+        if state in ("pending", "ended") or (state == "running" and (plan.request.folder / "running.json").exists()):
+            return handle.describe()
+        time.sleep(0.05)
+    raise LaunchError(f"the long run did not start within {wait_s:g} s; see {plan.request.folder / 'runner.log'}")
+
+
+def stop(folder: Path, margin_s: float = 30.0) -> None:
+    """Stop a live long run: its runner gives the trainer SIGTERM and its grace, then kills the tree and
+    records it as interrupted. The runner itself is killed only if it has not finished well after that."""
+    handle = handle_of(folder)
+    if handle is None:
+        return
+    handle.cancel()
+    deadline = time.monotonic() + handle.request.stop_grace_s + margin_s
+    while time.monotonic() < deadline:
+        if handle.poll() is not None:
+            return
+        time.sleep(0.1)
