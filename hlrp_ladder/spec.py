@@ -123,6 +123,8 @@ class Preflight(_Strict):
     hosts: list[str] = Field([], description="hosts that must resolve (host) or accept a connection (host:port), "
                              "e.g. a cluster login node")
     network_timeout_s: float = Field(2.0, gt=0, le=30)
+    slurm_roundtrip_s: float = Field(60, gt=0, description="SLURM: how long the round-trip job that checks the "
+                                     "shared runs folder may wait in the queue before it is called unverified")
 
 
 class Memory(_Strict):

@@ -12,14 +12,12 @@ from typing import Iterator, Optional
 
 import psutil
 
-from hlrp_ladder.preflight.core import FAIL, OK, SKIP, WARN, Context, Finding, check, is_bundled_trainer
+from hlrp_ladder.preflight.core import FAIL, OK, SKIP, WARN, Context, Finding, check
 from hlrp_ladder.sizes import gib
 
-GCS_HOST = "storage.googleapis.com"
 WANDB_HOST = "api.wandb.ai"
 FILE_KEY_ENDINGS = (".checkpoint", "_checkpoint", "_path", ".path", "_file", ".file")
 HUB_KEY_ENDINGS = ("pretrained", "name_or_path", "model_id", "hub_id")
-DIR_KEYS = ("logging.runs_dir", "paths.cache_dir", "paths.data_dir")
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -91,87 +89,23 @@ def runs_dir(ctx: Context) -> Iterator[Finding]:
         yield Finding("runs dir", FAIL, why, "set runs_dir in the spec to a writable folder, e.g. runs_dir: /tmp/hlrp-runs")
 
 
-@check("trainer dirs")
-def trainer_dirs(ctx: Context) -> Iterator[Finding]:
-    dirs: dict[str, str] = {}
-    cfg = ctx.trainer_config
-    if cfg is not None:
-        dirs["logging.runs_dir"] = cfg.logging.runs_dir
-        dirs["paths.cache_dir"] = cfg.paths.cache_dir
-    for key, value in _overrides(ctx).items():
-        if looks_like_path(value) and (key in DIR_KEYS or key.endswith(("_dir", ".dir"))) and key != "paths.data_dir":
-            dirs[key] = value
-    if not dirs:
-        yield Finding("trainer dirs", SKIP, "no output folders known for this command")
-        return
+@check("output dirs")
+def output_dirs(ctx: Context) -> Iterator[Finding]:
+    """Overrides whose key names an output folder (``*_dir``): a guess, so a warning when not writable. A plugin
+    that knows its trainer's folders checks those for certain (and claims them)."""
+    dirs = {key: value for key, value in _overrides(ctx).items()
+            if key not in ctx.claimed and key.endswith(("_dir", ".dir")) and looks_like_path(value)}
     for key, value in sorted(dirs.items()):
         why = writable_dir(Path(os.path.expanduser(value)))
-        fix = f"add the override {key}=/tmp/{ctx.spec.name}-{key.split('.')[-1]} (or make it writable)"
         if why is None:
-            yield Finding(f"trainer dir {key}", OK, f"{value} is writable")
-        elif is_bundled_trainer(ctx.spec) and key in DIR_KEYS:  # the bundled trainer writes there: certain
-            yield Finding(f"trainer dir {key}", FAIL, why, fix)
-        else:  # a guess from the key's name
-            yield Finding(f"trainer dir {key}", WARN, why + " (the key's name suggests an output folder)", fix)
-
-
-@check("trainer config")
-def trainer_config(ctx: Context) -> Iterator[Finding]:
-    if ctx.trainer_config_error:
-        yield Finding("trainer config", FAIL, ctx.trainer_config_error, "fix the override in the spec")
-    elif ctx.trainer_config is not None:
-        yield Finding("trainer config", OK, f"the bundled trainer accepts every override "
-                                            f"(experiment={ctx.trainer_config.experiment}, data={ctx.trainer_config.data.name})")
-
-
-@check("datasets")
-def datasets(ctx: Context) -> Iterator[Finding]:
-    cfg = ctx.trainer_config
-    if cfg is None:
-        yield Finding("datasets", SKIP, "not the bundled trainer: its data config is unknown here")
-        return
-    from trainer.data.layout import DatasetLayoutError, dataset_dir, verify
-    from trainer.data.make import MIXTURE
-
-    source = cfg.data.adapter.tf.tfds_read.source
-    data_dir = cfg.data_dir()
-    generated_on_first_use = cfg.paths.data_dir is None and source != "gcs" and \
-        {d.name for d in cfg.data.datasets} <= {s.name for s in MIXTURE}
-    need_gcs = []
-    for entry in cfg.data.datasets:
-        local = dataset_dir(data_dir, entry.name, entry.version)
-        name = f"dataset {entry.name}"
-        if source == "gcs" or (source == "auto" and not (local / "dataset_info.json").is_file()
-                               and not generated_on_first_use):
-            need_gcs.append(entry.name)
-            continue
-        if not (local / "dataset_info.json").is_file() and generated_on_first_use:
-            yield Finding(name, WARN, f"not generated yet at {local}; the first probe would write it (seconds, "
-                                      f"counted in that probe's memory and time)",
-                          f"python -m trainer.data.make --data-dir {data_dir}")
-            continue
-        try:
-            splits = verify(local)
-        except DatasetLayoutError as exc:
-            yield Finding(name, FAIL, str(exc), "re-copy the missing shards into the local mirror, or re-generate it "
-                          f"(python -m trainer.data.make --data-dir {data_dir}); source=gcs reads it remotely")
-            continue
-        shards = sum(len(s.files) for s in splits)
-        yield Finding(name, OK, f"{local}: {len(splits)} splits, all {shards} shards present with the recorded size")
-    if need_gcs:
-        why = reachable(GCS_HOST, 443, ctx.network_timeout_s)
-        names = ", ".join(need_gcs)
-        if why is None:
-            yield Finding("GCS", OK, f"{GCS_HOST}:443 reachable for {names}")
+            yield Finding(f"dir {key}", OK, f"{value} is writable")
         else:
-            yield Finding("GCS", FAIL, f"{names} would be read from GCS (tfds_read.source={source}), which is "
-                                       f"unreachable: {why}",
-                          f"mirror the datasets under {data_dir} and set data.adapter.tf.tfds_read.source=local")
+            yield Finding(f"dir {key}", WARN, why + " (the key's name suggests an output folder)",
+                          f"add the override {key}=/tmp/{ctx.spec.name}-{key.split('.')[-1]} (or make it writable)")
 
 
 PATH_EXTENSIONS = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".json", ".yaml", ".yml", ".npz", ".npy", ".h5",
                    ".pkl", ".pickle", ".tar", ".gz", ".zip", ".msgpack", ".onnx", ".txt", ".csv", ".parquet")
-CERTAIN_FILE_KEYS = ("model.laq.checkpoint",)   # the bundled trainer fails without these files: a certain blocker
 
 
 def looks_like_path(value: object) -> bool:
@@ -189,17 +123,14 @@ def looks_like_path(value: object) -> bool:
 
 @check("files")
 def files(ctx: Context) -> Iterator[Finding]:
-    certain = is_bundled_trainer(ctx.spec)  # the bundled trainer: its file keys are known, not guessed
-    named = {k: v for k, v in _overrides(ctx).items() if k.lstrip("-").endswith(FILE_KEY_ENDINGS) and
-             looks_like_path(v)}
+    named = {k: v for k, v in _overrides(ctx).items() if k not in ctx.claimed and
+             k.lstrip("-").endswith(FILE_KEY_ENDINGS) and looks_like_path(v)}
     if not named:
-        yield Finding("files", SKIP, "no override names a file")
+        yield Finding("files", SKIP, "no override names a file (beyond what a plugin checks)")
     for key, value in sorted(named.items()):
         path = Path(os.path.expanduser(value))
         if path.is_file():
             yield Finding(f"file {key}", OK, f"{path} exists ({path.stat().st_size} bytes)")
-        elif certain and key in CERTAIN_FILE_KEYS:
-            yield Finding(f"file {key}", FAIL, f"{path} does not exist", f"fix {key} in the spec's overrides")
         else:  # a guess from the key's name: the trainer may not read it as a file at all
             yield Finding(f"file {key}", WARN, f"{path} does not exist (the key's name suggests a file; the trainer "
                                                f"may read it otherwise)", f"check {key} in the spec's overrides")
@@ -215,9 +146,7 @@ def hub_cache(ctx: Context) -> Iterator[Finding]:
         yield Finding("hub cache", SKIP, "HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE not set")
         return
     if not ids:
-        what = "the bundled trainer builds its models from configs" if ctx.trainer_config is not None else \
-            "no override names a hub model"
-        yield Finding("hub cache", OK, f"offline, and nothing to fetch: {what}")
+        yield Finding("hub cache", OK, "offline, and no override names a hub model to fetch")
         return
     hub = Path(env.get("HF_HUB_CACHE") or Path(env.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub")
     for key, repo in sorted(ids.items()):
@@ -261,7 +190,13 @@ def probe_command(ctx: Context) -> Iterator[Finding]:
 
 @check("memory")
 def memory(ctx: Context) -> Iterator[Finding]:
-    mem, total = ctx.spec.memory, psutil.virtual_memory().total
+    """Local probes: the limits against this machine, and whether a cap can be enforced here (on a cluster the
+    executor's own checks compare them with its nodes)."""
+    if ctx.spec.executor.kind != "local":
+        return
+    from hlrp_ladder.host import usable_memory
+
+    mem, total = ctx.spec.memory, usable_memory()
     limit = mem.rss_limit_bytes(total)
     if limit >= total:
         yield Finding("memory rss_limit", FAIL, f"soft limit {gib(limit)} is not below this machine's {gib(total)}: the "
@@ -278,9 +213,11 @@ def memory(ctx: Context) -> Iterator[Finding]:
     from hlrp_ladder.probe import cgroup
 
     cg, note = cgroup.create(f"preflight-{os.getpid()}-{threading.get_ident()}", cap)
-    if cg is None:
-        yield Finding("memory cap", FAIL, f"cap {gib(cap)} cannot be enforced: {note}",
-                      "run as root (or with a delegated cgroup), or remove memory.cap")
+    if cg is None:  # not a blocker: the run goes on with the soft limit, and says so
+        yield Finding("memory cap", WARN, f"no cap: {gib(cap)} cannot be enforced here ({note}); the run goes on "
+                                          f"with the soft limit only, lowered to {gib(cap)}",
+                      "run as root, or from a cgroup delegated to you (systemd-run --user --scope -p "
+                      "Delegate=yes ...), or remove memory.cap")
         return
     cg.remove()
     headroom = mem.headroom_bytes(total)

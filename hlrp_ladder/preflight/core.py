@@ -27,14 +27,17 @@ class Finding:
 class Context:
     spec: Spec
     spec_path: str = ""
-    trainer_config: object = None        # the bundled trainer's resolved config, when the probe is the trainer
-    trainer_config_error: Optional[str] = None
     network_timeout_s: float = 2.0
-    notes: dict = field(default_factory=dict)
+    claimed: set = field(default_factory=set)   # override keys a plugin checks for certain (not guessed at)
+    notes: dict = field(default_factory=dict)   # what context hooks found (a trainer's resolved config, say)
 
 
 CheckFn = Callable[[Context], Iterable[Finding]]
+HookFn = Callable[[Context], None]
 registry: list[tuple[str, CheckFn]] = []
+hooks: list[HookFn] = []
+PLUGIN_GROUP = "hlrp_ladder.preflight"
+_loaded = False
 
 
 def check(name: str) -> Callable[[CheckFn], CheckFn]:
@@ -43,6 +46,31 @@ def check(name: str) -> Callable[[CheckFn], CheckFn]:
         registry.append((name, fn))
         return fn
     return register
+
+
+def context_hook(fn: HookFn) -> HookFn:
+    """Register a function that enriches the context before the checks run (once, in order): a plugin
+    resolves its trainer's config there, and claims the keys it checks for certain."""
+    hooks.append(fn)
+    return fn
+
+
+def load_plugins() -> list[str]:
+    """Import the checks other packages register under the ``hlrp_ladder.preflight`` entry point group (the
+    bundled trainer's among them), once; the ones that fail to load are returned, to be shown."""
+    global _loaded
+    if _loaded:
+        return []
+    _loaded = True
+    from importlib.metadata import entry_points
+
+    failed = []
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:  # a broken plugin must not hide the other checks
+            failed.append(f"{ep.name} ({ep.value}): {type(exc).__name__}: {exc}")
+    return failed
 
 
 def _run_one(name: str, fn: CheckFn, ctx: Context) -> list[Finding]:
@@ -60,33 +88,25 @@ def _run_one(name: str, fn: CheckFn, ctx: Context) -> list[Finding]:
 
 def run_checks(ctx: Context) -> list[Finding]:
     """Every registered check, concurrently (network checks wait on timeouts, not on the CPU), in order."""
+    broken = [Finding("plugin", WARN, f"a preflight plugin failed to load, so its checks did not run: {error}")
+              for error in ctx.notes.get("plugin_errors", [])]
     with ThreadPoolExecutor(max_workers=max(1, len(registry))) as pool:
         futures = [pool.submit(_run_one, name, fn, ctx) for name, fn in registry]
-        return [f for fut in futures for f in fut.result()]
-
-
-def is_bundled_trainer(spec: Spec) -> bool:
-    argv = spec.base_command()
-    return spec.command is None or (len(argv) >= 3 and argv[1] == "-m" and argv[2] == "trainer.train")
+        return broken + [f for fut in futures for f in fut.result()]
 
 
 def build_context(spec: Spec, spec_path: str = "") -> Context:
-    """The context of a spec: for the bundled trainer, its config resolved from the spec's overrides (pydantic
-    only, no TensorFlow import)."""
+    """The context of a spec, after every plugin's hook has added what it knows."""
+    failed = load_plugins()
     ctx = Context(spec=spec, spec_path=spec_path, network_timeout_s=spec.preflight.network_timeout_s)
-    if is_bundled_trainer(spec):
+    if failed:
+        ctx.notes["plugin_errors"] = failed
+    for hook in hooks:
         try:
-            from trainer.config import ConfigError, load_config
-        except ImportError as exc:
-            ctx.trainer_config_error = f"the bundled trainer is not importable here ({exc})"
-            return ctx
-        args = spec.argv(spec.batch_sizes[0])[len(spec.base_command()):]
-        if spec.overnight is not None:
-            args += [f"{k}={v}" for k, v in spec.overnight.overrides.items()]
-        try:
-            ctx.trainer_config = load_config(args)
-        except ConfigError as exc:
-            ctx.trainer_config_error = f"trainer: {exc}"
+            hook(ctx)
+        except Exception as exc:  # noqa: BLE001 - shown as a finding, never a traceback
+            ctx.notes.setdefault("plugin_errors", []).append(f"{getattr(hook, '__module__', hook)}: "
+                                                            f"{type(exc).__name__}: {exc}")
     return ctx
 
 
