@@ -65,6 +65,20 @@ def write_json(path: Path, data) -> None:
     atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
+def write_json_once(path: Path, data) -> bool:
+    """Write ``path`` whole, unless it exists: False then (an executor already wrote the record — a job lost
+    with its node, say — and a runner that lived on must not replace it)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    atomic_write(tmp, json.dumps(data, indent=2, default=str) + "\n")
+    try:
+        os.link(tmp, path)  # atomic, and refuses to replace
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def probe_folder_name(batch_size: int, phase: str = "ladder", repeat: int = 0, retry: int = 0) -> str:
     """bs-0024 (ladder, refine), bs-0024-stress, bs-0024-repeat2, bs-0024-retry1, bs-0024-stress-retry1."""
     name = f"bs-{batch_size:04d}"

@@ -57,3 +57,94 @@ def tiny_data(tmp_path_factory) -> Path:
 
     make_mixture(data_dir, episodes=6, val_episodes=2, steps=12, shards=2, log=lambda _: None)
     return data_dir
+
+
+# ---- an ordinary user, and a real SLURM ------------------------------------------------------------------------
+SLURM_SCRIPT = ROOT / "tests" / "slurm" / "cluster.sh"
+NOBODY = "nobody"
+
+
+@pytest.fixture(scope="session")
+def user_env(tmp_path_factory):
+    """What an ordinary user (nobody) can run: a venv of the system Python under /tmp with this package installed
+    as a cluster user would (the light orchestrator, not editable: the checkout may sit in a folder only root
+    reads), the memory-hog fixture, and a folder of their own. Needs root to prepare; CI runs as root."""
+    import pwd
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("preparing an ordinary user's environment needs root")
+    base = Path(tempfile.mkdtemp(prefix="hlrp-user-", dir="/tmp"))
+    try:
+        subprocess.run(["/usr/bin/python3", "-m", "venv", str(base / "venv")], check=True, capture_output=True)
+        res = subprocess.run([str(base / "venv" / "bin" / "pip"), "install", "-q", "--no-warn-script-location",
+                              str(ROOT)], capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-2000:]
+        work = base / "work"
+        work.mkdir()
+        shutil.copy(MEMHOG, work / "memhog.py")
+        subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
+        user = pwd.getpwnam(NOBODY)
+        os.chown(work, user.pw_uid, user.pw_gid)
+        os.chmod(base, 0o755)
+        yield UserEnv(base / "venv" / "bin" / "python", work, work / "memhog.py", user.pw_uid)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+class UserEnv:
+    def __init__(self, python: Path, work: Path, memhog: Path, uid: int):
+        self.python, self.work, self.memhog, self.uid = python, work, memhog, uid
+
+    def cli_argv(self, *args: str) -> list[str]:
+        return ["runuser", "-u", NOBODY, "--", str(self.python), "-m", "hlrp_ladder", *args]
+
+    def cli(self, *args: str, timeout=240, env=None, preexec_fn=None, cwd=None) -> subprocess.CompletedProcess:
+        """The CLI as nobody, from its own folder."""
+        env = {**os.environ, "HOME": str(self.work), "MPLCONFIGDIR": str(self.work / ".mpl"), **(env or {})}
+        return subprocess.run(self.cli_argv(*args), cwd=cwd or self.work, capture_output=True, text=True,
+                              timeout=timeout, env=env, preexec_fn=preexec_fn)
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A real single-node SLURM (munged, slurmctld, slurmd with proctrack/cgroup and task/cgroup), started for
+    the session from tests/slurm/cluster.sh in a state folder of its own, and stopped after. As root (CI) it
+    must start: it fails, never skips; without root it cannot, and is skipped."""
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("starting slurmctld and slurmd needs root")
+    install = subprocess.run(["bash", str(SLURM_SCRIPT), "install"], capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-3000:]
+    state = Path(tempfile.mkdtemp(prefix="hlrp-slurm-", dir="/tmp"))
+    start = subprocess.run(["bash", str(SLURM_SCRIPT), "start", str(state)], capture_output=True, text=True,
+                           timeout=120)
+    assert start.returncode == 0, start.stderr[-3000:]
+    conf = start.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = conf
+    try:
+        yield Slurm(state, conf)
+    finally:
+        subprocess.run(["scancel", "--user=root"], capture_output=True)
+        subprocess.run(["scancel", f"--user={NOBODY}"], capture_output=True)
+        subprocess.run(["bash", str(SLURM_SCRIPT), "stop", str(state)], capture_output=True, timeout=120)
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old
+        import shutil
+
+        shutil.rmtree(state, ignore_errors=True)
+
+
+class Slurm:
+    def __init__(self, state: Path, conf: str):
+        self.state, self.conf = state, conf
+
+    def queue(self, name_prefix: str = "hlrp-") -> list[str]:
+        """Jobs still in the queue whose name starts with ``name_prefix``: 'id state name' each."""
+        res = subprocess.run(["squeue", "-h", "-o", "%i %T %j"], capture_output=True, text=True)
+        return [line for line in res.stdout.splitlines() if line.split()[2].startswith(name_prefix)]

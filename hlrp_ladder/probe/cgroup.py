@@ -89,6 +89,7 @@ class MemoryCgroup:
     version: int
     path: Path
     shared: bool = False    # a cgroup this process sits in (a SLURM job's): read; its members killed, never itself
+    members: Optional[Path] = None   # where the member list is read, when not ``path`` (a v1 job: see enclosing)
 
     def __str__(self) -> str:
         return f"v{self.version} {self.path}"
@@ -96,7 +97,7 @@ class MemoryCgroup:
     # ---- files that differ between v1 and v2 ---------------------------------------------------------------
     @property
     def procs_file(self) -> Path:
-        return self.path / "cgroup.procs"
+        return (self.members or self.path) / "cgroup.procs"
 
     @property
     def usage_file(self) -> Path:
@@ -123,11 +124,18 @@ class MemoryCgroup:
             return None, ""
 
     def oom_kills(self) -> Optional[int]:
+        """Kernel OOM kills of this cgroup's processes. A v1 counter counts only the cgroup the victim sat in
+        (measured in a SLURM job: ``task_0`` says 1, its capped ``step_batch`` 0), so where the members live
+        elsewhere both are read."""
         name = "memory.oom_control" if self.version == 1 else "memory.events"
-        try:
-            return _counter(_read(self.path / name), "oom_kill")
-        except OSError:
-            return None
+        counts = []
+        for folder in {self.path, self.members or self.path}:
+            try:
+                counts.append(_counter(_read(folder / name), "oom_kill"))
+            except OSError:
+                pass
+        counts = [c for c in counts if c is not None]
+        return max(counts) if counts else None
 
     @property
     def oom_counter_name(self) -> str:
@@ -278,13 +286,23 @@ def undelegate(leaf: Optional[Path]) -> None:
 
 
 def enclosing() -> tuple[Optional[MemoryCgroup], str]:
-    """The cgroup this process sits in (a SLURM job's step, which SLURM caps at --mem), read without root:
-    its peak and OOM-kill counter count the whole job."""
-    for version in (1, 2):
+    """The cgroup this process sits in, read without root: inside a SLURM job, the nearest one up that carries
+    the job's --mem (SLURM v1 puts a process in ``job_N/step_batch/task_0`` and the limit on ``step_batch``
+    and ``job_N``), whose peak and OOM-kill counter (hierarchical) count the whole step. Members are read
+    where this process sits (a v1 member list is not recursive)."""
+    v1, v2 = mounts()
+    for version, mount in ((1, v1), (2, v2)):
         path = own(version)
-        if path is None:
+        if path is None or mount is None:
             continue
-        cg = MemoryCgroup(version, path, shared=True)
+        here = path
+        while True:
+            cg = MemoryCgroup(version, here, shared=True, members=path)
+            if cg.limit() is not None or here == mount:
+                break
+            here = here.parent
+        if cg.limit() is None:
+            cg = MemoryCgroup(version, path, shared=True)
         if cg.peak()[0] is not None or cg.usage() is not None:
             return cg, ""
     return None, "the enclosing cgroup has no readable memory accounting"

@@ -24,7 +24,7 @@ from hlrp_ladder.probe.process import alive, signal_tree, spawn
 from hlrp_ladder.probe.sampler import CSV_HEADER, TreeSampler
 from hlrp_ladder.records import MARKER_ENV, METRICS_ENV, Limits, Peaks, ProbeRecord, ProbeRequest
 from hlrp_ladder.spec import MASK, mask, mask_argv
-from hlrp_ladder.store import RESULT, RUNNING, write_json
+from hlrp_ladder.store import RESULT, RUNNING, write_json, write_json_once
 
 CSV_FLUSH_S = 0.5
 
@@ -214,6 +214,7 @@ def _finish(request: ProbeRequest, started_at: float, exited_at: float, status: 
                       cgroup=str(cg) if cg else None, cgroup_note=cg_note),
         metrics=live.finish(timeline, end_t), started_at=started_at, ended_at=exited_at,
         argv=mask_argv(request.argv))
-    write_json(folder / RESULT, record.model_dump(mode="json"))
+    if not write_json_once(folder / RESULT, record.model_dump(mode="json")):
+        write_json(folder / "result.late.json", record.model_dump(mode="json"))  # kept, for a person to read
     (folder / RUNNING).unlink(missing_ok=True)
     return record

@@ -10,12 +10,16 @@
 #
 # Needs root, Debian 12 (slurm-wlm 22.05), a cgroup v1 memory controller under /sys/fs/cgroup/memory.
 # Everything SLURM writes goes under STATE_DIR; nothing in /etc/slurm is created or read. The client
-# tools (sbatch, squeue, scontrol, sinfo, scancel) need SLURM_CONF=STATE_DIR/etc/slurm.conf in their
-# environment: without it they look for /etc/slurm/slurm.conf and fail.
+# tools (sbatch, squeue, scontrol, sinfo, scancel, srun, sacct) need SLURM_CONF=STATE_DIR/etc/slurm.conf
+# in their environment: without it (and with no /etc/slurm/slurm.conf) they try a DNS SRV lookup and
+# exit 1 with "fatal: Could not establish a configuration source". The file must be readable by the
+# user running them (for `runuser -u nobody -- sbatch`), so `start` makes STATE_DIR and etc/ 0755.
+# Inside a job, slurmstepd sets SLURM_CONF itself (even with --export=NONE).
 # Only stdout line: the final `export SLURM_CONF=...` of `start`; all diagnostics go to stderr.
 #
 # Environment knobs (all optional):
-#   SLURM_TEST_CTLD_PORT (6817) SLURM_TEST_SLURMD_PORT (6818)  ports, for running two clusters at once
+#   SLURM_TEST_CTLD_PORT (6817) SLURM_TEST_SLURMD_PORT (6818)  ports (one cluster per host: the node
+#                                  name and the cgroup dirs /sys/fs/cgroup/*/slurm_<host> are shared)
 #   SLURM_TEST_START_TIMEOUT (30)  seconds to wait for the node to become idle
 #   SLURM_TEST_SLURMD_TIMEOUT (10) SlurmdTimeout: a dead slurmd makes its jobs NODE_FAIL after about this
 set -euo pipefail
@@ -33,9 +37,10 @@ die() { log "error: $*"; exit 1; }
 
 need_root() { [[ $(id -u) -eq 0 ]] || die "must run as root"; }
 
-state_dir() {
+state_dir() {  # absolute path of STATE_DIR; `start` creates it, the others need it to exist
     [[ -n ${1:-} ]] || die "usage: $PROG ${CMD} STATE_DIR"
-    mkdir -p "$1"
+    if [[ $CMD == start ]]; then mkdir -p "$1"; fi
+    [[ -d $1 ]] || die "no such state dir: $1"
     (cd "$1" && pwd -P)
 }
 
@@ -173,7 +178,7 @@ logs_tail() {  # $1 = state dir
     for f in "$1"/log/slurmctld.log "$1"/log/slurmd.log; do
         [[ -f $f ]] || continue
         echo "----- tail $f" >&2
-        tail -n 25 "$f" >&2
+        grep -vE 'pmix|MPI: Cannot create context' "$f" | tail -n 25 >&2
     done
 }
 
@@ -203,43 +208,67 @@ cmd_start() {
     start_munged "$s"
     local t0=$SECONDS
     # Each daemon is started only if it is not running already (e.g. `start` again after a test
-    # killed slurmd restarts just slurmd). -i: a fresh controller discards saved state (jobs) left
-    # by an earlier run of this state dir.
+    # killed slurmd restarts just slurmd). A controller started on a STATE_DIR used before recovers
+    # the jobs saved there (and job ids go on from there); use a fresh STATE_DIR for a clean
+    # cluster. -i: carry on if that saved state is missing or unreadable.
     if ! pid_of "$s/slurmctld.pid" slurmctld >/dev/null; then
         slurmctld -i || { logs_tail "$s"; die "slurmctld failed to start"; }
     fi
     if ! pid_of "$s/slurmd.pid" slurmd >/dev/null; then
         slurmd || { logs_tail "$s"; cmd_stop "$s" >/dev/null 2>&1 || true; die "slurmd failed to start"; }
     fi
-    local st=""
+    # Ready = the node responds and takes jobs: `idle` on a fresh cluster; `mix`/`alloc`/`comp`
+    # when jobs saved in STATE_DIR by an earlier run were recovered (a `*` suffix = not responding).
+    local st="" died="" t1
+    t1=$(date +%s%N)
     while (( SECONDS - t0 < START_TIMEOUT )); do
-        st=$(sinfo -h -n "$(hostname -s)" -o %t 2>/dev/null || true)
-        [[ $st == idle ]] && break
+        st=$(timeout 5 sinfo -h -n "$(hostname -s)" -o %t 2>/dev/null || true)
+        [[ $st =~ ^(idle|mix|alloc|comp)$ ]] && break
+        # a daemon that died (bad config, port in use) will not come back: fail now
+        if (( $(date +%s%N) - t1 > 1000000000 )); then
+            pid_of "$s/slurmctld.pid" slurmctld >/dev/null || died="slurmctld"
+            pid_of "$s/slurmd.pid" slurmd >/dev/null || died="$died slurmd"
+            [[ -z $died ]] || { log "daemon(s) died: $died"; break; }
+        fi
         sleep 0.1
     done
-    if [[ $st != idle ]]; then
+    if [[ ! $st =~ ^(idle|mix|alloc|comp)$ ]]; then
         log "node not idle after ${START_TIMEOUT}s (state: '${st:-no answer}')"
         logs_tail "$s"
         cmd_stop "$s" >/dev/null 2>&1 || true
         die "start failed"
     fi
-    log "node $(hostname -s) idle after $((SECONDS - t0))s; state in $s"
+    log "node $(hostname -s) $st after $((SECONDS - t0))s; state in $s"
     echo "export SLURM_CONF=$SLURM_CONF"
 }
 
-stop_pid() {  # stop_pid PIDFILE NAME
-    local pid i
-    pid=$(pid_of "$1" "$2") || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 100); do pid_alive "$pid" || break; sleep 0.1; done
-    if pid_alive "$pid"; then
-        log "$2 (pid $pid) still alive after 10s: SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        for i in $(seq 50); do pid_alive "$pid" || break; sleep 0.1; done
-    fi
-    pid_alive "$pid" && die "$2 (pid $pid) would not die"
-    rm -f "$1"
-    log "stopped $2 (pid $pid)"
+# stop_pids PIDFILE:NAME ...: SIGTERM to all at once (each takes ~2 s to exit, on its 1 s loop),
+# wait up to 10 s, then SIGKILL what is left
+stop_pids() {
+    local spec pid i alive
+    local -a pids=() names=() files=()
+    for spec in "$@"; do
+        if pid=$(pid_of "${spec%%:*}" "${spec##*:}"); then
+            pids+=("$pid"); names+=("${spec##*:}"); files+=("${spec%%:*}")
+            kill -TERM "$pid" 2>/dev/null || true
+        fi
+    done
+    for i in $(seq 100); do
+        alive=0
+        for pid in "${pids[@]}"; do pid_alive "$pid" && alive=1; done
+        (( alive )) || break
+        sleep 0.1
+    done
+    for i in "${!pids[@]}"; do
+        if pid_alive "${pids[$i]}"; then
+            log "${names[$i]} (pid ${pids[$i]}) still alive after 10s: SIGKILL"
+            kill -KILL "${pids[$i]}" 2>/dev/null || true
+            sleep 0.5
+            pid_alive "${pids[$i]}" && die "${names[$i]} (pid ${pids[$i]}) would not die"
+        fi
+        rm -f "${files[$i]}"
+        log "stopped ${names[$i]} (pid ${pids[$i]})"
+    done
 }
 
 # slurmstepd processes started by this cluster's slurmd (they inherit SLURM_CONF)
@@ -271,20 +300,19 @@ cmd_stop() {
     if [[ -f $SLURM_CONF ]] && pid_of "$s/slurmctld.pid" slurmctld >/dev/null; then
         local jobs
         jobs=$(squeue -h -o '%i %T' 2>/dev/null || true)
-        [[ -z $jobs ]] || log "warning: jobs still in the queue (not cancelled): $(echo $jobs)"
+        [[ -z $jobs ]] || log "warning: jobs still in the queue (not cancelled): $(tr "\n" " " <<<"$jobs")"
     fi
-    stop_pid "$s/slurmd.pid" slurmd
-    stop_pid "$s/slurmctld.pid" slurmctld
+    stop_pids "$s/slurmd.pid:slurmd" "$s/slurmctld.pid:slurmctld"
     pids=$(our_stepds "$SLURM_CONF")
-    [[ -z $pids ]] || log "warning: slurmstepd of running jobs still alive (not killed): $(echo $pids)"
+    [[ -z $pids ]] || log "warning: slurmstepd of running jobs still alive (not killed): $(tr "\n" " " <<<"$pids")"
     if [[ -s $s/munged.started-by-cluster-sh ]]; then
         local mp
         mp=$(tr -dc 0-9 <"$s/munged.started-by-cluster-sh")
         if [[ $(cat "/proc/$mp/comm" 2>/dev/null) == munged ]]; then
             echo "$mp" >"$s/munged.pid.tmp"
-            stop_pid "$s/munged.pid.tmp" munged
+            stop_pids "$s/munged.pid.tmp:munged"
         fi
-        rm -f "$s/munged.started-by-cluster-sh"
+        rm -f "$s/munged.started-by-cluster-sh" "$s/munged.pid.tmp"
     fi
     remove_empty_cgroups "$s"
 }

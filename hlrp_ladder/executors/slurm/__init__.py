@@ -168,8 +168,10 @@ class SlurmExecutor:
 
     def sbatch_args(self, request: ProbeRequest, name: str) -> list[str]:
         s = self.settings
+        # --no-requeue: a job whose node fails is not silently run again (into the same folder); the executor
+        # sees NODE_FAIL and the ladder retries the probe in a folder of its own.
         args = [f"--job-name={name}", f"--output={request.folder / 'runner.log'}", "--open-mode=append",
-                f"--chdir={request.cwd}", "--export=ALL", f"--cpus-per-task={s.cpus_per_task}"]
+                f"--chdir={request.cwd}", "--export=ALL", "--no-requeue", f"--cpus-per-task={s.cpus_per_task}"]
         if request.cap_bytes is not None:
             args.append(f"--mem={math.ceil(request.cap_bytes / MIB)}M")
         limit = time_limit(s, request.timeout_s, request.expected_s)
