@@ -189,7 +189,9 @@ def _run(spec: Spec, view: LiveView, resume: Optional[str], command_line: list[s
                 view.start(request)
                 running.append(executor.submit(request))
             for handle in running:
-                view.on_sample(handle.request, last_sample(handle.request.folder))
+                sample = last_sample(handle.request.folder)
+                if sample is not None:
+                    view.on_sample(handle.request, sample)
             time.sleep(POLL_S)
         if stop():
             for handle in running:

@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -94,17 +95,33 @@ def user_env(tmp_path_factory):
 
 
 class UserEnv:
+    """Runs the CLI as nobody: the process drops to uid/gid 65534 itself (so signals reach it directly), after
+    an optional ``before`` step that still runs as root (joining a cgroup root prepared, say)."""
+
     def __init__(self, python: Path, work: Path, memhog: Path, uid: int):
         self.python, self.work, self.memhog, self.uid = python, work, memhog, uid
 
-    def cli_argv(self, *args: str) -> list[str]:
-        return ["runuser", "-u", NOBODY, "--", str(self.python), "-m", "hlrp_ladder", *args]
+    def env(self, extra: Optional[dict] = None) -> dict:
+        return {**os.environ, "HOME": str(self.work), "MPLCONFIGDIR": str(self.work / ".mpl"), **(extra or {})}
 
-    def cli(self, *args: str, timeout=240, env=None, preexec_fn=None, cwd=None) -> subprocess.CompletedProcess:
+    def _drop(self, before=None):
+        def setup() -> None:
+            if before is not None:
+                before()
+            os.setgroups([])
+            os.setgid(self.uid)
+            os.setuid(self.uid)
+        return setup
+
+    def popen(self, *args: str, env=None, before=None, **kw) -> subprocess.Popen:
+        return subprocess.Popen([str(self.python), "-m", "hlrp_ladder", *args], cwd=self.work, env=self.env(env),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=self._drop(before), **kw)
+
+    def cli(self, *args: str, timeout=240, env=None, before=None) -> subprocess.CompletedProcess:
         """The CLI as nobody, from its own folder."""
-        env = {**os.environ, "HOME": str(self.work), "MPLCONFIGDIR": str(self.work / ".mpl"), **(env or {})}
-        return subprocess.run(self.cli_argv(*args), cwd=cwd or self.work, capture_output=True, text=True,
-                              timeout=timeout, env=env, preexec_fn=preexec_fn)
+        return subprocess.run([str(self.python), "-m", "hlrp_ladder", *args], cwd=self.work, capture_output=True,
+                              text=True, timeout=timeout, env=self.env(env), preexec_fn=self._drop(before))
 
 
 @pytest.fixture(scope="session")

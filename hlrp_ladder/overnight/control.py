@@ -10,13 +10,12 @@ from hlrp_ladder import executors, host
 from hlrp_ladder.executors.core import Handle, read_json
 from hlrp_ladder.overnight.plan import Launch, LaunchError, folders
 from hlrp_ladder.spec import Spec
-from hlrp_ladder.store import RESULT, RunStore
+from hlrp_ladder.store import RunStore
 
 
 def handle_of(folder: Path) -> Optional[Handle]:
-    """A handle to the long run in ``folder`` if its runner (or job) is still there, else None."""
-    if (folder / RESULT).exists():
-        return None
+    """A handle to the long run in ``folder`` if its runner (or job) is still there or its record is, else
+    None (lost)."""
     return executors.for_folder(folder).reattach(folder)
 
 

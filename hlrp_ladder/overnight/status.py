@@ -30,11 +30,11 @@ def status(store: RunStore) -> dict:
            "runner_pid": runner.get("pid"), "host": runner.get("host"), "tmux_session": runner.get("tmux_session"),
            "job_id": submitted.get("job_id"), "log": str(folder / "log.txt"),
            "limits": {"rss_limit_bytes": req.rss_limit_bytes, "cap_bytes": req.cap_bytes, "metric": req.metric}}
-    rec = read_record(folder)
-    handle = None if rec is not None else handle_of(folder)
-    state = "ended" if rec is not None else (handle.state() if handle is not None else "lost")
-    if rec is None and handle is not None and state == "ended":
-        rec = handle.poll()  # ended without being collected: its record, with the executor's evidence merged
+    handle = handle_of(folder)
+    state = handle.state() if handle is not None else ("ended" if (folder / "result.json").exists() else "lost")
+    rec = None
+    if state == "ended":  # its record, with the executor's evidence merged in (SLURM's state) the first time
+        rec = handle.poll() if handle is not None else read_record(folder)
     if rec is not None:
         out.update(_ended(rec))
     elif state in ("running", "pending"):

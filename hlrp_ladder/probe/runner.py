@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -106,10 +107,12 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
 
     started_at = time.time()
     try:
-        proc = spawn(request.argv, {**os.environ, **env_diff}, request.cwd, folder / "log.txt", cg)
-    except OSError as exc:
+        # a shared (enclosing) cgroup already holds this runner, so its children too: nothing to join
+        proc = spawn(request.argv, {**os.environ, **env_diff}, request.cwd, folder / "log.txt",
+                     None if cg is None or cg.shared else cg)
+    except (OSError, subprocess.SubprocessError) as exc:
         with open(folder / "log.txt", "a") as log:
-            log.write(f"hlrp-ladder: cannot start {request.argv[0]!r}: {exc.strerror or exc}\n")
+            log.write(f"hlrp-ladder: cannot start {request.argv[0]!r}: {getattr(exc, 'strerror', None) or exc}\n")
         if kernel_log is not None:
             kernel_log.close()
         return _finish(request, started_at, time.time(), 127, None, None, None, oom_counter, cg, cg_note, Peaks(),

@@ -1,0 +1,221 @@
+"""The SLURM executor against a real single-node SLURM (slurmctld + slurmd with proctrack/cgroup and task/cgroup,
+started for the session by tests/slurm/cluster.sh), with jobs submitted by an ordinary user (nobody) as on a
+cluster: the same pick as the local executor, OUT_OF_MEMORY classified from both sides' evidence, Ctrl-C leaving
+no job, a SIGKILLed orchestrator's jobs re-attached, and every other way a job ends."""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli
+
+MIB = 2**20
+
+
+def write_spec(env, name: str, *, kind="slurm", args=(), batch_sizes="[2, 4, 8, 16]", cap="400MiB", timeout_s=60,
+               slurm="", extra="", runs=None) -> Path:
+    argv = [str(env.python), str(env.memhog), "base_mb=50", "mb_per_sample=30", "step_s=0.02", *args]
+    slurm_line = f"executor: {{kind: {kind}, slurm: {{cpus_per_task: 1{', ' + slurm if slurm else ''}}}}}\n"
+    path = env.work / f"{name}.yaml"
+    path.write_text(f"name: {name}\ncommand: {json.dumps(argv)}\nbatch_sizes: {batch_sizes}\n"
+                    f"probe: {{max_steps: 20, check_interval: 10, limit_batches: 1}}\n"
+                    f"memory: {{rss_limit: 4GiB, cap: {cap}, sample_interval_s: 0.05}}\n"
+                    f"runs_dir: {runs or env.work / 'runs'}\ntimeout_s: {timeout_s}\n{slurm_line}{extra}")
+    os.chmod(path, 0o644)
+    return path
+
+
+def run_dir(env, name: str) -> Path:
+    return sorted((env.work / "runs" / name).iterdir())[-1]
+
+
+def record(run: Path, folder: str) -> dict:
+    return json.loads((run / folder / "result.json").read_text())
+
+
+def wait_for(predicate, timeout=60.0, every=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
+
+
+def running_job(run_root: Path, folder: str):
+    """The job id of a probe whose runner is running (running.json has its pid)."""
+    def find():
+        for path in run_root.glob(f"*/{folder}/running.json"):
+            try:
+                if json.loads(path.read_text()).get("pid"):
+                    return json.loads((path.parent / "submitted.json").read_text())["job_id"]
+            except (OSError, ValueError, KeyError):
+                pass
+        return None
+    return find
+
+
+def job_state(job_id: str) -> str:
+    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True).stdout
+    return next((f.split("=", 1)[1] for f in out.split() if f.startswith("JobState=")), "")
+
+
+def test_the_same_spec_gives_the_same_pick_local_and_on_slurm(slurm, user_env, need_cgroup):
+    local = write_spec(user_env, "hog", kind="local", runs=user_env.work / "runs-root")
+    res = cli("run", str(local), cwd=user_env.work, timeout=240)  # as root: a local probe cgroup with the cap
+    assert res.returncode == 0, res.stderr
+    assert "pick: bs=8" in res.stdout and "bs=16 oom_killed at 400 MiB under a 400 MiB cap" in res.stdout
+
+    spec = write_spec(user_env, "hog")  # the same ladder, executor.kind: slurm, submitted by nobody
+    res = user_env.cli("run", str(spec))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "pick: bs=8" in res.stdout
+    run = run_dir(user_env, "hog")
+    oom = record(run, "bs-0016")
+    assert oom["outcome"] == "oom_killed", oom["evidence"]
+    ev = oom["evidence"]
+    # both sides: the kernel's counter in the job's own cgroup, read without root, and SLURM's state
+    assert ev["exit_code"] == 137 and ev["oom_kills_after"] - ev["oom_kills_before"] >= 1
+    assert "OUT_OF_MEMORY" in ev["scheduler"] and "ExitCode 0:125" in ev["scheduler"]
+    assert ev["detail"] == "the kernel OOM-killed the main process; SLURM agrees (OUT_OF_MEMORY)"
+    assert oom["limits"]["cgroup"].startswith("v1 /sys/fs/cgroup/memory/slurm") and "/uid_65534/" in \
+        oom["limits"]["cgroup"]
+    assert 390 * MIB <= oom["peaks"]["kernel_bytes"] <= 400 * MIB
+    ok = record(run, "bs-0008")
+    assert ok["outcome"] == "ok" and "COMPLETED" in ok["evidence"]["scheduler"]
+    submitted = json.loads((run / "bs-0008" / "submitted.json").read_text())
+    assert submitted["executor"] == "slurm" and submitted["job_id"]
+    assert not slurm.queue()
+
+
+def test_ctrl_c_cancels_the_jobs_and_leaves_none(slurm, user_env):
+    spec = write_spec(user_env, "cc", args=["steps=3000"], batch_sizes="[2]")
+    proc = user_env.popen("run", str(spec))
+    job = wait_for(running_job(user_env.work / "runs" / "cc", "bs-0002"), 60)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err
+    assert not slurm.queue("hlrp-cc"), slurm.queue()
+    rec = record(run_dir(user_env, "cc"), "bs-0002")
+    assert rec["outcome"] == "interrupted"
+    assert job_state(job) in ("CANCELLED", "COMPLETED")  # the runner stopped the probe and exited, or SLURM did
+
+
+def test_a_sigkilled_orchestrator_leaves_its_job_running_and_resume_reattaches(slurm, user_env):
+    spec = write_spec(user_env, "rk", args=["steps=250"], batch_sizes="[2, 4]")  # ~5 s a probe
+    proc = user_env.popen("run", str(spec))
+    job = wait_for(running_job(user_env.work / "runs" / "rk", "bs-0004"), 90)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert job_state(job) == "RUNNING"  # a closed laptop does not kill the cluster's jobs
+    res = user_env.cli("run", str(spec), "--resume")
+    assert res.returncode == 0, res.stderr
+    assert f"resume: bs-0004: SLURM job {job}" in res.stderr and "re-attached" in res.stderr
+    assert "pick: bs=4" in res.stdout
+    run = run_dir(user_env, "rk")
+    assert not list(run.glob("bs-0004.*"))  # collected from the job that ran on, not run again
+    assert json.loads((run / "bs-0004" / "submitted.json").read_text())["job_id"] == job
+    assert record(run, "bs-0004")["outcome"] == "ok"
+
+
+def test_a_rejected_submission_and_a_job_that_never_starts_say_so_in_one_line(slurm, user_env):
+    spec = write_spec(user_env, "rj", batch_sizes="[2]", slurm="partition: nope")
+    blocked = user_env.cli("run", str(spec))
+    assert blocked.returncode == 4 and "nope" in blocked.stderr
+    res = user_env.cli("run", str(spec), "--skip-preflight")
+    assert res.returncode == 5, res.stderr
+    assert "bs=2 error (exit None: sbatch: error: Batch job submission failed: Invalid partition name specified)" \
+           in res.stderr
+    # 3 CPUs on a 2-CPU node: accepted, then pending forever (Reason=PartitionConfig); timeout_s gives it up
+    pend = write_spec(user_env, "pd", batch_sizes="[2]", timeout_s=4, slurm="cpus_per_task: 3",
+                      extra="retries: 0\n")
+    pend.write_text(pend.read_text().replace("cpus_per_task: 1, cpus_per_task: 3", "cpus_per_task: 3"))
+    res = user_env.cli("run", str(pend), "--skip-preflight")
+    assert res.returncode == 5, res.stderr
+    rec = record(run_dir(user_env, "pd"), "bs-0002")
+    assert rec["evidence"]["detail"].startswith("the job never started: still pending after")
+    assert "PENDING (Reason=PartitionConfig)" in rec["evidence"]["scheduler"]
+    assert not slurm.queue("hlrp-pd")
+
+
+def test_a_job_lost_with_its_node_is_inconclusive_and_retried(slurm, user_env):
+    flag = user_env.work / "slow"
+    flag.touch()
+    spec = write_spec(user_env, "nf", args=[f"slow_if_exists={flag}"], batch_sizes="[2]", timeout_s=120)
+    proc = user_env.popen("run", str(spec))
+    job = wait_for(running_job(user_env.work / "runs" / "nf", "bs-0002"), 60)
+    slurmd = int((slurm.state / "slurmd.pid").read_text())
+    os.kill(slurmd, signal.SIGKILL)
+    try:
+        wait_for(lambda: job_state(job) == "NODE_FAIL", 60, every=0.5)
+        flag.unlink()  # the retry runs at once
+    finally:
+        start = subprocess.run(["bash", str(Path(__file__).parent / "slurm" / "cluster.sh"), "start",
+                                str(slurm.state)], capture_output=True, text=True, timeout=120)
+        assert start.returncode == 0, start.stderr
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert "pick: bs=2" in out
+    run = run_dir(user_env, "nf")
+    lost = record(run, "bs-0002")
+    assert lost["outcome"] == "error" and lost["evidence"]["detail"].startswith("the job was lost (NODE_FAIL)")
+    assert "NODE_FAIL (Reason=NodeDown)" in lost["evidence"]["scheduler"]
+    assert record(run, "bs-0002-retry1")["outcome"] == "ok"
+
+
+def test_slurm_time_limit_is_a_timeout_not_a_memory_verdict(slurm, user_env):
+    # --time=1 (a minute; SLURM checks limits every ~30 s, so it takes 60-90 s), the probe's own timeout later
+    spec = write_spec(user_env, "to", args=["hang=1"], batch_sizes="[2]", timeout_s=600, slurm="time: 1",
+                      extra="retries: 0\n")
+    res = user_env.cli("run", str(spec), timeout=300)
+    assert res.returncode == 5, res.stderr
+    rec = record(run_dir(user_env, "to"), "bs-0002")
+    assert rec["outcome"] == "timeout"
+    assert rec["evidence"]["detail"].startswith("SLURM stopped the job at its time limit")
+    assert "TIMEOUT (Reason=TimeLimit)" in rec["evidence"]["scheduler"]
+
+
+def test_the_long_run_is_a_slurm_job_and_status_follows_it(slurm, user_env):
+    spec = write_spec(user_env, "night", batch_sizes="[2, 4]",
+                      extra="overnight: {hours: 0.005, check_interval: 100, limit_batches: 1}\n")
+    assert user_env.cli("run", str(spec)).returncode == 0
+    res = user_env.cli("launch-overnight", "--pick", "stable", "--runs-dir", str(user_env.work / "runs"))
+    assert res.returncode == 0, res.stderr
+    assert "starts as SLURM job" in res.stdout and "started: SLURM job" in res.stdout
+    st = wait_for(lambda: (lambda s: s if s["state"] == "running" else None)(
+        json.loads(user_env.cli("status", "--json", "--runs-dir", str(user_env.work / "runs")).stdout)), 60)
+    assert st["executor"] == "slurm" and st["job_id"]
+    limit = subprocess.run(["scontrol", "-o", "show", "job", st["job_id"]], capture_output=True, text=True).stdout
+    assert "TimeLimit=00:11:00" in limit  # 18 s asked (hours: 0.005) + 10 minutes' margin, rounded up
+    human = user_env.cli("status", "--runs-dir", str(user_env.work / "runs")).stdout
+    assert "RUNNING (SLURM job" in human
+    ended = wait_for(lambda: (lambda s: s if s["state"] == "ended" else None)(
+        json.loads(user_env.cli("status", "--json", "--runs-dir", str(user_env.work / "runs")).stdout)), 120, 1)
+    assert ended["outcome"] == "ok" and "COMPLETED" in ended["evidence"]["scheduler"]
+
+
+def test_preflight_on_slurm(slurm, user_env, tmp_path):
+    spec = write_spec(user_env, "pf", batch_sizes="[2]")
+    res = user_env.cli("preflight", str(spec), "--json")
+    assert res.returncode == 0, res.stdout
+    found = {f["check"]: f for f in json.loads(res.stdout)}
+    assert found["slurm shared runs dir"]["status"] == "ok"
+    assert found["slurm python"]["status"] == "ok" and "runs the probe runner" in found["slurm python"]["detail"]
+    assert found["slurm memory"]["detail"].startswith("--mem=400M (400 MiB) fits the nodes of debug")
+    # a controller that does not answer, and a partition that does not exist: blockers, nothing started
+    conf = Path(slurm.conf).read_text().replace("SlurmctldPort=6817", "SlurmctldPort=6899")
+    down = user_env.work / "down.conf"
+    down.write_text(conf)
+    os.chmod(down, 0o644)
+    res = user_env.cli("preflight", str(spec), "--json", env={"SLURM_CONF": str(down)}, timeout=120)
+    assert res.returncode == 4
+    assert {f["check"]: f for f in json.loads(res.stdout)}["slurm controller"]["status"] == "fail"
+    spec.write_text(spec.read_text().replace("cpus_per_task: 1", "cpus_per_task: 1, partition: nope"))
+    res = user_env.cli("preflight", str(spec), "--json")
+    assert res.returncode == 4
+    assert "nope" in {f["check"]: f for f in json.loads(res.stdout)}["slurm partition"]["detail"]
