@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-import psutil
 import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt,
                       ValidationError, field_validator)
@@ -138,10 +137,12 @@ class Memory(_Strict):
                                      "the soft limit without a cap): a size, or a % of that limit")
 
     def rss_limit_bytes(self, total: int | None = None) -> int:
-        return sizes.resolve(self.rss_limit, total or psutil.virtual_memory().total)
+        """The soft limit in bytes; a percentage is of ``total`` (default: the memory this process can really
+        use — MemTotal, or less under a container's or a job's cgroup limit)."""
+        return sizes.resolve(self.rss_limit, total or _usable())
 
     def cap_bytes(self, total: int | None = None) -> int | None:
-        return None if self.cap is None else sizes.resolve(self.cap, total or psutil.virtual_memory().total)
+        return None if self.cap is None else sizes.resolve(self.cap, total or _usable())
 
     def fit_limit(self, total: int | None = None) -> tuple[int, str]:
         """The limit a pick's kernel peak must fit under: the cap if set, else the soft limit."""
@@ -150,6 +151,12 @@ class Memory(_Strict):
 
     def headroom_bytes(self, total: int | None = None) -> int:
         return 0 if self.headroom is None else sizes.resolve(self.headroom, self.fit_limit(total)[0])
+
+
+def _usable() -> int:
+    from hlrp_ladder.host import usable_memory
+
+    return usable_memory()
 
 
 class MetricsRegex(MetricsPatterns):
