@@ -76,13 +76,19 @@ def run(spec_path: Path = typer.Argument(..., metavar="SPEC", help="ladder spec 
     hlrp-ladder run SPEC --resume [RUN] continues a run that was interrupted or killed."""
     from hlrp_ladder.ladder import run_ladder
     from hlrp_ladder.live import LiveView
+    from hlrp_ladder.probe import cgroup as cgroups
 
     if run_ref is not None and not resume:
         raise StoreError(f"{run_ref}: a RUN is only taken with --resume")
     spec = load_spec(spec_path)
-    _preflight(spec, spec_path, skip_preflight)  # on resume too: a shard or a dir can vanish between attempts
-    view = LiveView(err)
-    result = run_ladder(spec, view, (run_ref or "latest") if resume else None, ["hlrp-ladder", *sys.argv[1:]])
+    # A delegated cgroup v2 gets its memory controller enabled first, so preflight sees the cap the run will have.
+    leaf = cgroups.delegate() if spec.executor.kind == "local" else None
+    try:
+        _preflight(spec, spec_path, skip_preflight)  # on resume too: a shard or a dir can vanish between attempts
+        result = run_ladder(spec, LiveView(err), (run_ref or "latest") if resume else None,
+                            ["hlrp-ladder", *sys.argv[1:]])
+    finally:
+        cgroups.undelegate(leaf)
     verdict = result.verdict
     if verdict.exit_code == policy.EXIT_PICK:
         out.print(f"[bold green]pick: bs={verdict.pick}[/] — {verdict.reason}", highlight=False)

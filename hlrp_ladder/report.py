@@ -214,9 +214,13 @@ def _host_text(host: Optional[dict]) -> str:
     """Where the ladder ran, as stored when it started (a report may be written anywhere)."""
     if not host:
         return "The run stored no host facts (an older version)."
-    cap = {True: "the cap was enforced", False: f"the cap was NOT enforced ({host.get('cgroup_note')})",
-           None: "no cap"}[host.get("cap_enforced")]
-    cgroup = f"memory cgroup {host['cgroup']}" if host.get("cgroup") else "no writable memory cgroup"
+    if host.get("executor") == "slurm":
+        cap = "the cap was each job's --mem" if host.get("cap_enforced") else "no cap"
+        cgroup = "each probe a SLURM job, watched in its own cgroup"
+    else:
+        cap = {True: "the cap was enforced", False: f"the cap was NOT enforced ({host.get('cgroup_note')})",
+               None: "no cap"}[host.get("cap_enforced")]
+        cgroup = f"memory cgroup {host['cgroup']}" if host.get("cgroup") else "no writable memory cgroup"
     return (f"The ladder ran on {host.get('name')} ({host.get('cores')} cores, {gib(host.get('ram_bytes'), 1)} RAM, "
             f"{gib(host.get('usable_bytes'), 1)} usable; {cgroup}; {cap}).")
 
@@ -251,7 +255,8 @@ def markdown(view: RunView, png_name: Optional[str], report_command: str,
                 f"; oom_kill {ev.oom_kills_before} -> {ev.oom_kills_after} in {ev.oom_counter}"
             sig = f" ({ev.signal})" if ev.signal else ""
             log = f"; log: `{ev.log_line}`" if ev.log_line else ""
-            lines.append(f"- {policy.describe(rec)}: {ev.detail}. Exit {ev.exit_code}{sig}{oom}{log}")
+            sched = f"; {ev.scheduler}" if ev.scheduler else ""
+            lines.append(f"- {policy.describe(rec)}: {ev.detail}. Exit {ev.exit_code}{sig}{oom}{sched}{log}")
         lines.append("")
     fdf = forecast_frame(view)
     if not fdf.empty:

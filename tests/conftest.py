@@ -78,10 +78,16 @@ def user_env(tmp_path_factory):
         pytest.skip("preparing an ordinary user's environment needs root")
     base = Path(tempfile.mkdtemp(prefix="hlrp-user-", dir="/tmp"))
     try:
-        subprocess.run(["/usr/bin/python3", "-m", "venv", str(base / "venv")], check=True, capture_output=True)
-        res = subprocess.run([str(base / "venv" / "bin" / "pip"), "install", "-q", "--no-warn-script-location",
-                              str(ROOT)], capture_output=True, text=True)
-        assert res.returncode == 0, res.stderr[-2000:]
+        given = os.environ.get("HLRP_TEST_USER_PYTHON")  # a machine with no package index (the GPU machine)
+        if given:
+            python, path = Path(given), [str(base / "lib"), os.environ.get("HLRP_TEST_USER_PYTHONPATH", "")]
+            shutil.copytree(ROOT / "hlrp_ladder", base / "lib" / "hlrp_ladder")
+        else:
+            subprocess.run(["/usr/bin/python3", "-m", "venv", str(base / "venv")], check=True, capture_output=True)
+            res = subprocess.run([str(base / "venv" / "bin" / "pip"), "install", "-q", "--no-warn-script-location",
+                                  str(ROOT)], capture_output=True, text=True)
+            assert res.returncode == 0, res.stderr[-2000:]
+            python, path = base / "venv" / "bin" / "python", []
         work = base / "work"
         work.mkdir()
         shutil.copy(MEMHOG, work / "memhog.py")
@@ -89,7 +95,7 @@ def user_env(tmp_path_factory):
         user = pwd.getpwnam(NOBODY)
         os.chown(work, user.pw_uid, user.pw_gid)
         os.chmod(base, 0o755)
-        yield UserEnv(base / "venv" / "bin" / "python", work, work / "memhog.py", user.pw_uid)
+        yield UserEnv(python, work, work / "memhog.py", user.pw_uid, ":".join(p for p in path if p))
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -98,11 +104,15 @@ class UserEnv:
     """Runs the CLI as nobody: the process drops to uid/gid 65534 itself (so signals reach it directly), after
     an optional ``before`` step that still runs as root (joining a cgroup root prepared, say)."""
 
-    def __init__(self, python: Path, work: Path, memhog: Path, uid: int):
-        self.python, self.work, self.memhog, self.uid = python, work, memhog, uid
+    def __init__(self, python: Path, work: Path, memhog: Path, uid: int, pythonpath: str = ""):
+        self.python, self.work, self.memhog, self.uid, self.pythonpath = python, work, memhog, uid, pythonpath
 
     def env(self, extra: Optional[dict] = None) -> dict:
-        return {**os.environ, "HOME": str(self.work), "MPLCONFIGDIR": str(self.work / ".mpl"), **(extra or {})}
+        env = {**os.environ, "HOME": str(self.work), "MPLCONFIGDIR": str(self.work / ".mpl"), **(extra or {})}
+        env.pop("PYTHONPATH", None)
+        if self.pythonpath:
+            env["PYTHONPATH"] = self.pythonpath
+        return env
 
     def _drop(self, before=None):
         def setup() -> None:

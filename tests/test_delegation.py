@@ -54,7 +54,7 @@ def test_a_delegated_subtree_gives_an_ordinary_user_a_real_cap(user_env, delegat
     procs = delegated / "cgroup.procs"
     res = user_env.cli("run", str(hog_spec(user_env, "dg")), before=lambda: procs.write_text("0"))
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "no cap" not in res.stderr
+    assert "no cap" not in res.stderr, res.stderr
     assert "pick: bs=8" in res.stdout and "bs=16 oom_killed at 250 MiB under a 250 MiB cap" in res.stdout
     run = sorted((user_env.work / "runs" / "dg").iterdir())[-1]
     oom = json.loads((run / "bs-0016" / "result.json").read_text())

@@ -229,6 +229,8 @@ def find_parent() -> tuple[Optional[Parent], str]:
         reasons.append("v1: no memory hierarchy mounted")
     if v2 is not None:
         base = v2 if root else own(2)
+        if base is not None and base.name.startswith(f"{HOME}.p"):  # moved there by delegate(): its parent
+            base = base.parent
         if base is None:
             reasons.append("v2: no own cgroup")
         elif "memory" not in _read(base / "cgroup.controllers").split():
@@ -250,8 +252,8 @@ def delegate() -> Optional[Path]:
     process into a leaf of its own first (the kernel refuses while the cgroup holds processes). Done only when
     this process is the only one there; returns the leaf to undo later (None: nothing done)."""
     base = own(2)
-    if os.geteuid() == 0 or base is None or not _writable(base):
-        return None
+    if os.geteuid() == 0 or base is None or not _writable(base) or base.name.startswith(f"{HOME}.p"):
+        return None  # root needs none; an undelegated cgroup allows none; a home leaf means it is done already
     try:
         if "memory" in _read(base / "cgroup.subtree_control").split() or \
                 "memory" not in _read(base / "cgroup.controllers").split():

@@ -100,7 +100,7 @@ class SlurmHandle:
                 return self._never_started(job)
             if self.cancelled_at is not None and time.monotonic() - self.cancelled_at > \
                     self.request.stop_grace_s + 15:
-                commands.scancel(self.job_id)  # the runner did not stop as asked: SLURM kills the whole job
+                self._scancel()  # the runner did not stop as asked: SLURM kills the whole job
                 self.cancelled_at = time.monotonic()
             return None
         record = read_record(self.folder)
@@ -120,8 +120,14 @@ class SlurmHandle:
             write_json(self.folder / RESULT, record.model_dump(mode="json"))
         return record
 
+    def _scancel(self, batch_signal: Optional[str] = None) -> None:
+        try:
+            commands.scancel(self.job_id, batch_signal)
+        except SlurmError as exc:  # the next poll tries again; the state says what happened
+            self.last_error = str(exc)
+
     def _never_started(self, job: Job) -> ProbeRecord:
-        commands.scancel(self.job_id)
+        self._scancel()
         waited = time.time() - self.submitted_at
         record = substitute_record(
             self.request, Outcome.error, f"the job never started: still pending after {waited:.0f} s (timeout_s); "
@@ -135,13 +141,9 @@ class SlurmHandle:
             return
         self.cancelled_at = time.monotonic()
         job = self.job(fresh=True)
-        try:
-            if job is not None and job.state == "RUNNING":
-                commands.scancel(self.job_id, batch_signal="TERM")  # the runner stops the probe, then exits
-            else:
-                commands.scancel(self.job_id)
-        except SlurmError as exc:
-            self._last_error = str(exc)
+        # a running job: SIGTERM to its batch script, the runner, which stops the probe as its request says (at
+        # once; the long run with its grace) — a plain scancel would SIGKILL the trainer after KillWait
+        self._scancel("TERM" if job is not None and job.state == "RUNNING" else None)
 
     def describe(self) -> str:
         job = self._job or self.job()
