@@ -18,6 +18,7 @@ reason. ``interrupted`` records are not verdicts: that probe is run again on res
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Iterable, Optional
@@ -54,6 +55,7 @@ class Plan:
     headroom_bytes: int = 0
     rss_limit_bytes: Optional[int] = None
     cap_bytes: Optional[int] = None
+    stress_weight: float = 6.0       # how much longer a stress probe runs than a one-val one (for scheduling)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -87,13 +89,38 @@ def _key(rec: ProbeRecord) -> Key:
     return ("search" if rec.phase in SEARCH_PHASES else rec.phase, rec.batch_size, rec.repeat)
 
 
+NOT_RUN = (Outcome.interrupted, Outcome.cancelled)   # ended without saying anything: run again when needed
+
+
 def attempts(records: Iterable[ProbeRecord]) -> dict[Key, list[ProbeRecord]]:
-    """The finished (not interrupted) records of each probe slot, oldest first (retries after the first try)."""
+    """The finished (not interrupted, not cancelled) records of each probe slot, oldest first (retries after
+    the first try)."""
     out: dict[Key, list[ProbeRecord]] = {}
-    for rec in sorted(records, key=lambda r: (r.started_at, r.retry, r.attempt)):
-        if rec.outcome != Outcome.interrupted:
+    for rec in sorted(records, key=lambda r: (r.retry, r.started_at, r.attempt)):
+        if rec.outcome not in NOT_RUN:
             out.setdefault(_key(rec), []).append(rec)
     return out
+
+
+def rung_key(item) -> tuple[str, int, int, int]:
+    """What matches a rung to its record: (search | repeat | stress, batch size, repeat, retry)."""
+    return ("search" if item.phase in SEARCH_PHASES else item.phase, item.batch_size, item.repeat, item.retry)
+
+
+def replay(plan: Plan, records: Iterable[ProbeRecord]) -> tuple[list[ProbeRecord], Optional[Rung]]:
+    """The records the sequential ladder uses, in its own order, and the rung it waits for (None: it has its
+    verdict). A record is used only when the sequential ladder asks for that probe, so probes run ahead of
+    time in parallel slots cannot change the pick."""
+    finished = {}
+    for rec in sorted(records, key=lambda r: (r.started_at, r.attempt)):
+        if rec.outcome not in NOT_RUN:
+            finished[rung_key(rec)] = rec
+    used: list[ProbeRecord] = []
+    while True:
+        rung = next_rung(plan, used)
+        if rung is None or rung_key(rung) not in finished:
+            return used, rung
+        used.append(finished[rung_key(rung)])
 
 
 def latest(records: Iterable[ProbeRecord]) -> dict[Key, ProbeRecord]:
@@ -321,7 +348,26 @@ def next_rung(plan: Plan, records: Iterable[ProbeRecord]) -> Optional[Rung]:
 
 
 def verdict(plan: Plan, records: Iterable[ProbeRecord]) -> Verdict:
-    """The pick and the sentences saying why, and which phase confirmed it; or why there is none."""
+    """The pick and the sentences saying why, and which phase confirmed it; or why there is none. Only the
+    records the sequential ladder uses count (``replay``); a probe run ahead of time that it never asked for
+    is named when it contradicts the verdict (a pass above the first failure: a non-monotonic result)."""
+    records = list(records)
+    used, frontier = replay(plan, records)
+    if frontier is not None:
+        return _unfinished(frontier)
+    found = _verdict(plan, used)
+    unused = [r for r in records if r not in used and r.outcome == Outcome.ok and r.phase in SEARCH_PHASES]
+    failure = found.failed if found.failed is not None and found.failed.phase in SEARCH_PHASES else None
+    odd = sorted({r.batch_size for r in unused if failure is not None and r.batch_size > failure.batch_size})
+    if odd:
+        note = (f" Not used: bs={', bs='.join(map(str, odd))} passed one-val above the failure at "
+                f"bs={failure.batch_size} (a non-monotonic result: noise, or memory that is not monotonic in the "
+                f"batch size).")
+        found = dataclasses.replace(found, reason=found.reason + note)
+    return found
+
+
+def _verdict(plan: Plan, records: list[ProbeRecord]) -> Verdict:
     tries = attempts(records)
     found = search(plan, tries)
     if found.next is not None:

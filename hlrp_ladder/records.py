@@ -26,6 +26,7 @@ class Outcome(str, Enum):
     error = "error"                # any other non-zero exit
     interrupted = "interrupted"    # the user pressed Ctrl-C (not a verdict on the batch size)
     forecast_oom = "forecast_oom"  # survived, but its memory growth will not fit by the end of the long run
+    cancelled = "cancelled"        # a speculative probe the ladder no longer needed (not a verdict)
 
     @property
     def is_memory_verdict(self) -> bool:

@@ -1,0 +1,111 @@
+"""Parallel slots never change the pick: pure, a simulated clock, many synthetic memory curves."""
+import random
+
+import pytest
+
+from hlrp_ladder import policy
+from hlrp_ladder.records import Outcome
+from hlrp_ladder.schedule import schedule
+from tests.records import rec
+
+GRID = list(range(8, 65, 4))
+DURATION = {"stress": 6.0}
+
+
+def sequential(plan, one_val_ok, stress_ok):
+    records = []
+    while (rung := policy.next_rung(plan, records)) is not None:
+        ok = stress_ok(rung.batch_size) if rung.phase == "stress" else one_val_ok(rung.batch_size)
+        records.append(rec(rung.batch_size, "ok" if ok else "oom_killed", phase=rung.phase, repeat=rung.repeat,
+                           retry=rung.retry, t=len(records) + 1.0))
+    return policy.verdict(plan, records).pick, len(records)
+
+
+def parallel(plan, one_val_ok, stress_ok, slots):
+    """A discrete-event run: probes take 1 (one-val) or 6 (stress) time units; decisions at every finish."""
+    records, running, clock = [], {}, 0.0
+    while True:
+        sch = schedule(plan, records, [r for r, _ in running.values()], slots)
+        for rung in sch.cancel:
+            del running[policy.rung_key(rung)]
+            records.append(rec(rung.batch_size, "cancelled", phase=rung.phase, repeat=rung.repeat,
+                               retry=rung.retry, t=clock + 1e-6))
+        for rung in sch.start:
+            assert policy.rung_key(rung) not in running
+            running[policy.rung_key(rung)] = (rung, clock + DURATION.get(rung.phase, 1.0))
+        assert len(running) <= slots
+        if not running:
+            return policy.verdict(plan, records), clock, sum(r.outcome != Outcome.cancelled for r in records)
+        key, (rung, end) = min(running.items(), key=lambda item: item[1][1])
+        clock = end
+        del running[key]
+        ok = stress_ok(rung.batch_size) if rung.phase == "stress" else one_val_ok(rung.batch_size)
+        records.append(rec(rung.batch_size, "ok" if ok else "oom_killed", phase=rung.phase, repeat=rung.repeat,
+                           retry=rung.retry, t=clock))
+
+
+def curves():
+    """(name, one-val ok?, stress ok?) over the grid: monotonic, noisy (non-monotonic), a step, a plateau."""
+    out = []
+    for f in (12, 28, 44, 68):
+        for s in (12, 24, 40, 68):
+            out.append((f"linear F={f} S={s}", lambda b, f=f: b < f, lambda b, f=f, s=s: b < min(f, s)))
+    for seed in range(6):
+        rnd = random.Random(seed)
+        noisy = {b: b < 40 and rnd.random() > 0.15 for b in GRID}          # a rung below the limit may fail
+        noisy_s = {b: noisy[b] and (b < 32 or rnd.random() > 0.5) for b in GRID}
+        out.append((f"noisy seed={seed}", noisy.__getitem__, noisy_s.__getitem__))
+    out.append(("step at 36", lambda b: b < 36, lambda b: b < 36))
+    out.append(("plateau: all pass", lambda b: True, lambda b: True))
+    out.append(("first fails", lambda b: False, lambda b: False))
+    return out
+
+
+@pytest.mark.parametrize("refine", ["none", "bisect"])
+@pytest.mark.parametrize("stress", [False, True])
+def test_every_slot_count_picks_what_the_sequential_ladder_picks(refine, stress):
+    plan = policy.Plan(batch_sizes=GRID, refine=refine, stress=stress, repeats=1)
+    for name, one_val_ok, stress_ok in curves():
+        expected, _ = sequential(plan, one_val_ok, stress_ok)
+        for slots in range(1, 9):
+            got, _, _ = parallel(plan, one_val_ok, stress_ok, slots)
+            assert got.pick == expected, (name, slots, got.reason)
+
+
+def test_repeats_and_slots():
+    plan = policy.Plan(batch_sizes=GRID, stress=True, repeats=2)
+    for name, one_val_ok, stress_ok in curves():
+        expected, _ = sequential(plan, one_val_ok, stress_ok)
+        for slots in (2, 3, 5):
+            assert parallel(plan, one_val_ok, stress_ok, slots)[0].pick == expected, (name, slots)
+
+
+def test_one_slot_is_the_sequential_ladder():
+    plan = policy.Plan(batch_sizes=GRID, stress=True)
+    _, clock, probes = parallel(plan, lambda b: b < 44, lambda b: b < 36, 1)
+    assert probes == sequential(plan, lambda b: b < 44, lambda b: b < 36)[1] == 13
+
+
+def test_two_slots_overlap_the_stress_phase_and_the_wall_time_drops():
+    # the demo's shape: 6 rungs, bs=32 fails one-val, bs=24 fails stress: sequentially 6 one-val + 2 stress
+    plan = policy.Plan(batch_sizes=[8, 12, 16, 20, 24, 32], stress=True)
+    one_val_ok, stress_ok = (lambda b: b < 32), (lambda b: b < 24)
+    walls = [parallel(plan, one_val_ok, stress_ok, slots)[1] for slots in (1, 2, 4)]
+    assert walls[0] == 6 * 1 + 2 * 6
+    # the one-val ladder goes on while the stress probe of the candidate runs: close to one stress probe more
+    # than the one-val ladder, and with 4 slots close to the floor of one one-val plus one stress probe and a bit
+    assert walls[1] <= 10 and walls[2] <= 9, walls
+
+
+def test_a_failure_cancels_the_speculative_rungs_above_it_and_a_pass_above_it_is_not_used():
+    plan = policy.Plan(batch_sizes=[8, 12, 16, 20, 24], stress=False)
+    records = [rec(8, t=1), rec(12, t=2)]
+    running = [policy.Rung(16), policy.Rung(20), policy.Rung(24)]
+    records.append(rec(16, "oom_killed", t=3))
+    sch = schedule(plan, records, running[1:], 3)
+    assert sch.cancel == [policy.Rung(20), policy.Rung(24)] and sch.start == []
+    # a rung above the failure that had already passed is reported, never picked
+    v = policy.verdict(plan, records + [rec(20, t=2.5)])
+    assert v.pick == 12
+    assert v.reason.endswith("Not used: bs=20 passed one-val above the failure at bs=16 (a non-monotonic "
+                             "result: noise, or memory that is not monotonic in the batch size).")
