@@ -19,6 +19,7 @@ from hlrp_ladder.live import LiveView
 from hlrp_ladder.probe import cgroup as cgroups
 from hlrp_ladder.probe.cgroup import safe_name
 from hlrp_ladder.records import Outcome, ProbeRecord, ProbeRequest
+from hlrp_ladder.schedule import schedule
 from hlrp_ladder.spec import Spec
 from hlrp_ladder.signals import StopFlag
 from hlrp_ladder.sizes import gib
@@ -62,9 +63,12 @@ def with_forecast(spec: Spec, plan: policy.Plan, rec: ProbeRecord) -> ProbeRecor
     return rec
 
 
-def build_request(spec: Spec, plan: policy.Plan, store: RunStore, rung: policy.Rung) -> ProbeRequest:
-    """The probe a rung runs, with the limits the run resolved when it started (``plan``)."""
+def build_request(spec: Spec, plan: policy.Plan, store: RunStore, rung: policy.Rung,
+                  cpus: Optional[list[int]] = None) -> ProbeRequest:
+    """The probe a rung runs, with the limits the run resolved when it started (``plan``). A folder left by a
+    cancelled (or interrupted) try of the same rung is set aside first."""
     folder = probe_folder_name(rung.batch_size, rung.phase, rung.repeat, rung.retry)
+    store.set_aside_folder(folder)
     recipe = spec.recipe(rung.phase)
     return ProbeRequest(
         folder=store.root / folder, batch_size=rung.batch_size, phase=rung.phase, repeat=rung.repeat,
@@ -73,7 +77,7 @@ def build_request(spec: Spec, plan: policy.Plan, store: RunStore, rung: policy.R
         metric=spec.memory.metric, interval_s=spec.memory.sample_interval_s, timeout_s=spec.timeout(rung.phase),
         kill_grace_s=spec.kill_grace_s, cgroup_name=safe_name(f"{spec.name}-{store.root.name}-{folder}"),
         probe_id=f"{spec.name}/{store.root.name}/{folder}/{uuid.uuid4().hex[:12]}",
-        check_interval=recipe.check_interval, metrics_regex=spec.metrics_regex)
+        check_interval=recipe.check_interval, metrics_regex=spec.metrics_regex, cpus=cpus)
 
 
 def resolve_plan(spec: Spec, executor_facts: Optional[dict] = None) -> tuple[policy.Plan, dict, list[str]]:
@@ -145,6 +149,19 @@ def run_ladder(spec: Spec, view: LiveView, resume: Optional[str] = None,
         cgroups.undelegate(leaf)
 
 
+@dataclass
+class Slot:
+    """A probe in flight: its rung, its executor handle, the slot it holds (its cores, locally)."""
+    rung: policy.Rung
+    handle: Handle
+    index: int
+    cancelled: bool = False          # by the schedule (no future of the ladder needs it), not by the user
+
+
+def _rung(request: ProbeRequest) -> policy.Rung:
+    return policy.Rung(request.batch_size, request.phase, request.repeat, request.retry)
+
+
 def _run(spec: Spec, view: LiveView, resume: Optional[str], command_line: list[str]) -> RunResult:
     executor, executor_facts = executors.create(spec)
     if spec.executor.kind == "local":
@@ -154,9 +171,11 @@ def _run(spec: Spec, view: LiveView, resume: Optional[str], command_line: list[s
         for path in busy:
             view.message(f"warning: {path} still holds processes of a probe whose monitor is gone; "
                          f"--resume of its run kills them")
-    store, plan, running = open_run(spec, executor, resume, command_line, view, executor_facts)
+    store, plan, reattached = open_run(spec, executor, resume, command_line, view, executor_facts)
     if spec.executor.kind == "local":  # where this run's probe cgroups go: resolved when it started, or now
         executor.configure(store.state().get("host") or {} if resume is None else host.facts(plan.cap_bytes))
+    slots = spec.executor.max_parallel
+    cores = spec.executor.probe_cpus(sorted(os.sched_getaffinity(0))) if spec.executor.kind == "local" else None
     loaded = store.load()
     for warning in loaded.warnings:
         view.message(f"warning: {warning}")
@@ -164,49 +183,61 @@ def _run(spec: Spec, view: LiveView, resume: Optional[str], command_line: list[s
     records = [with_forecast(spec, plan, r) if r.forecast is None else r for r in loaded.records]
     for rec in policy.latest(records).values():
         view.message(f"resume: {policy.describe(rec)} (kept from {rec.folder})")
-    for handle in running:
+    flight: list[Slot] = []
+    for handle in reattached:
+        flight.append(Slot(_rung(handle.request), handle, len(flight)))
         view.start(handle.request)
 
-    def collect(handle: Handle, record: ProbeRecord) -> None:
+    def collect(slot: Slot, record: ProbeRecord) -> None:
+        if slot.cancelled and record.outcome == Outcome.interrupted:
+            record.outcome = Outcome.cancelled
+            record.evidence.detail = ("cancelled: the ladder no longer needed this probe (run ahead of time in a "
+                                      "parallel slot); not a verdict")
+            write_json(slot.handle.request.folder / RESULT, record.model_dump(mode="json"))
         record = with_forecast(spec, plan, record)
         if record.forecast is not None:
-            write_json(handle.request.folder / RESULT, record.model_dump(mode="json"))
-        view.finish(record)
+            write_json(slot.handle.request.folder / RESULT, record.model_dump(mode="json"))
+        view.finish(record, slot.handle.request.folder)
         records.append(record)
-        running.remove(handle)
+        flight.remove(slot)
+
+    def poll_all() -> None:
+        for slot in list(flight):
+            record = slot.handle.poll()
+            if record is not None:
+                collect(slot, record)
 
     with StopFlag() as stop:
         while not stop():
-            for handle in list(running):
-                record = handle.poll()
-                if record is not None:
-                    collect(handle, record)
-            if not running:
-                rung = policy.next_rung(plan, records)
-                if rung is None:
-                    break
-                request = build_request(spec, plan, store, rung)
+            poll_all()
+            plan_now = schedule(plan, records, [s.rung for s in flight if not s.cancelled], slots)
+            for slot in flight:
+                if slot.rung in plan_now.cancel and not slot.cancelled:
+                    slot.cancelled = True
+                    slot.handle.cancel()
+            free = [i for i in range(slots) if i not in {s.index for s in flight}]
+            for rung, index in zip(plan_now.start, free):
+                request = build_request(spec, plan, store, rung, cores[index] if cores else None)
                 view.start(request)
-                running.append(executor.submit(request))
-            for handle in running:
-                sample = last_sample(handle.request.folder)
+                flight.append(Slot(rung, executor.submit(request), index))
+            if not flight:
+                break
+            for slot in flight:
+                sample = last_sample(slot.handle.request.folder)
                 if sample is not None:
-                    view.on_sample(handle.request, sample)
+                    view.on_sample(slot.handle.request, sample)
             time.sleep(POLL_S)
         if stop():
-            for handle in running:
-                handle.cancel()
+            for slot in flight:
+                slot.handle.cancel()
             deadline = time.monotonic() + CANCEL_WAIT_S
-            while running and time.monotonic() < deadline:
-                for handle in list(running):
-                    record = handle.poll()
-                    if record is not None:
-                        collect(handle, record)
+            while flight and time.monotonic() < deadline:
+                poll_all()
                 time.sleep(POLL_S)
-            for handle in list(running):  # the executor could not confirm: say what we know
-                collect(handle, substitute_record(handle.request, Outcome.interrupted, f"stopped by the user; "
-                                                  f"{handle.describe()} did not confirm within {CANCEL_WAIT_S:.0f} s",
-                                                  None, time.time()))
+            for slot in list(flight):  # the executor could not confirm: say what we know
+                collect(slot, substitute_record(slot.handle.request, Outcome.interrupted, f"stopped by the user; "
+                                                f"{slot.handle.describe()} did not confirm within "
+                                                f"{CANCEL_WAIT_S:.0f} s", None, time.time()))
             spec_arg = command_line[2] if len(command_line) > 2 else "SPEC"
             reason = f"interrupted; resume with: hlrp-ladder run {spec_arg} --resume {store.root}"
             store.write_state(status="interrupted", reason=reason, exit_code=policy.EXIT_INTERRUPTED)

@@ -191,6 +191,7 @@ class ProbeRequest(_Model):
                           "processes that carry it (or sit in the probe's cgroup)")
     heartbeat_s: float = 5.0                 # status.json every this long: memory now and at peak
     expected_s: Optional[float] = None       # how long it should run (the long run), for a scheduler's time limit
+    cpus: Optional[list[int]] = None         # local: the cores the probe's tree is pinned to (its slot's)
     check_interval: Optional[int] = None     # steps between validations (numbers a regex-only trainer's)
     metrics_regex: MetricsPatterns = MetricsPatterns()
 

@@ -115,7 +115,18 @@ class SlurmSettings(_Strict):
 class ExecutorSpec(_Strict):
     """Where probes run: here (local) or as SLURM jobs. Part of what a run measures (its fingerprint)."""
     kind: Literal["local", "slurm"] = "local"
+    max_parallel: PositiveInt = Field(1, description="probes at once: SLURM jobs, or local probes each in its "
+                                      "own cgroup with its own cap and its own cores")
+    cpus_per_probe: Optional[PositiveInt] = Field(None, description="local: cores each probe is pinned to "
+                                                  "(default: this machine's cores / max_parallel)")
     slurm: SlurmSettings = SlurmSettings()
+
+    def probe_cpus(self, cores: list[int]) -> Optional[list[list[int]]]:
+        """Local: the cores of each slot (disjoint), or None for one slot with no pinning asked for."""
+        if self.max_parallel == 1 and self.cpus_per_probe is None:
+            return None
+        each = self.cpus_per_probe or max(1, len(cores) // self.max_parallel)
+        return [cores[i * each:(i + 1) * each] for i in range(self.max_parallel)]
 
 
 class Preflight(_Strict):
@@ -279,7 +290,8 @@ class Spec(_Strict):
                            stress_recipe=recipe,
                            forecast_required=night is not None and bool(night.max_steps or night.hours),
                            limit_bytes=limit, limit_name=name, headroom_bytes=self.memory.headroom_bytes(total),
-                           rss_limit_bytes=self.memory.rss_limit_bytes(total), cap_bytes=self.memory.cap_bytes(total))
+                           rss_limit_bytes=self.memory.rss_limit_bytes(total), cap_bytes=self.memory.cap_bytes(total),
+                           stress_weight=round(self.stress.max_steps / self.probe.max_steps, 2) if self.stress else 6.0)
 
     def summary_lines(self, source: str) -> list[str]:
         """What `validate` prints: the limits, and every probe's argv and env diff."""

@@ -204,6 +204,20 @@ class RunStore:
     def attempts(self, folder_name: str) -> int:
         return 1 + len(list(self.root.glob(f"{folder_name}.*")))
 
+    def set_aside_folder(self, name: str) -> Optional[Path]:
+        """Before a probe runs in ``name`` again (its earlier try was cancelled or interrupted): keep the old
+        folder as ``name.<outcome>-N``; nothing is deleted."""
+        folder = self.root / name
+        if not folder.exists():
+            return None
+        try:
+            reason = ProbeRecord.model_validate_json((folder / RESULT).read_text()).outcome.value
+        except (OSError, ValidationError, ValueError):
+            reason = "unfinished"
+        target = folder.with_name(f"{name}.{reason}-{self.attempts(name)}")
+        folder.rename(target)
+        return target
+
     def unfinished(self) -> list[Path]:
         """Probe folders without a record: still running somewhere, or abandoned."""
         return [folder for folder in self.probe_dirs() if not (folder / RESULT).exists()]
@@ -225,8 +239,8 @@ class RunStore:
             else:
                 try:
                     outcome = ProbeRecord.model_validate_json(result.read_text()).outcome
-                    if outcome == Outcome.interrupted:
-                        reason = "interrupted"
+                    if outcome in (Outcome.interrupted, Outcome.cancelled):
+                        reason = outcome.value
                     elif outcome.is_inconclusive:
                         reason = outcome.value
                 except (OSError, ValidationError, ValueError):

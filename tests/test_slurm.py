@@ -219,3 +219,15 @@ def test_preflight_on_slurm(slurm, user_env, tmp_path):
     res = user_env.cli("preflight", str(spec), "--json")
     assert res.returncode == 4
     assert "nope" in {f["check"]: f for f in json.loads(res.stdout)}["slurm partition"]["detail"]
+
+
+def test_two_slots_run_two_jobs_at_once_with_the_same_pick(slurm, user_env):
+    spec = write_spec(user_env, "par", args=["steps=60"], extra="")
+    spec.write_text(spec.read_text().replace("executor: {kind: slurm,", "executor: {kind: slurm, max_parallel: 2,"))
+    res = user_env.cli("run", str(spec))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "pick: bs=8" in res.stdout  # what the sequential ladder picks (test_the_same_spec_...)
+    run = run_dir(user_env, "par")
+    recs = sorted((json.loads(p.read_text()) for p in run.glob("*/result.json")), key=lambda r: r["started_at"])
+    assert any(a["ended_at"] > b["started_at"] for a, b in zip(recs, recs[1:]))  # two jobs at once
+    assert not slurm.queue("hlrp-par")

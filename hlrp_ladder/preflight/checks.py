@@ -226,6 +226,33 @@ def memory(ctx: Context) -> Iterator[Finding]:
     yield Finding("memory cap", OK, f"cap {gib(cap)} enforceable through a cgroup {cg.version} memory controller")
 
 
+@check("parallel")
+def parallel(ctx: Context) -> Iterator[Finding]:
+    """Local slots must fit this machine together: their limits in its memory, their cores in its cores."""
+    ex = ctx.spec.executor
+    if ex.kind != "local" or ex.max_parallel == 1:
+        return
+    from hlrp_ladder.host import usable_memory
+
+    total, mem = usable_memory(), ctx.spec.memory
+    each = mem.cap_bytes(total) or mem.rss_limit_bytes(total)
+    what = "cap" if mem.cap else "soft limit"
+    if ex.max_parallel * each > total:
+        yield Finding("parallel memory", FAIL, f"{ex.max_parallel} slots x the {gib(each)} {what} = "
+                      f"{gib(ex.max_parallel * each)} > the {gib(total)} this machine can use",
+                      f"lower executor.max_parallel to {max(1, total // each)} or the {what}")
+    else:
+        yield Finding("parallel memory", OK, f"{ex.max_parallel} slots x the {gib(each)} {what} fit in {gib(total)}")
+    cores = len(os.sched_getaffinity(0))
+    per = ex.cpus_per_probe or max(1, cores // ex.max_parallel)
+    if ex.max_parallel * per > cores:
+        yield Finding("parallel cores", FAIL, f"{ex.max_parallel} slots x {per} core(s) > the {cores} cores here: "
+                      f"probes competing for CPU measure different peaks",
+                      f"lower executor.max_parallel or executor.cpus_per_probe (at most {cores} cores in all)")
+    else:
+        yield Finding("parallel cores", OK, f"{ex.max_parallel} slots of {per} core(s) each, pinned (of {cores})")
+
+
 @check("overnight")
 def overnight(ctx: Context) -> Iterator[Finding]:
     night = ctx.spec.overnight

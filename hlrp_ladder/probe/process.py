@@ -16,9 +16,12 @@ PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)  # resolved before any fork: nothing to look up in the child
 
 
-def _child_setup(procs_file: Optional[bytes], parent_pid: int):
-    """Runs in the child between fork and exec: join the cgroup, die with the orchestrator."""
+def _child_setup(procs_file: Optional[bytes], parent_pid: int, cpus: Optional[list[int]] = None):
+    """Runs in the child between fork and exec: join the cgroup, take its slot's cores, die with the runner."""
     def setup() -> None:
+        if cpus:
+            # a probe competing for CPU fills its prefetch queues differently and measures a different peak
+            os.sched_setaffinity(0, cpus)
         if procs_file is not None:
             fd = os.open(procs_file, os.O_WRONLY)
             try:
@@ -33,13 +36,13 @@ def _child_setup(procs_file: Optional[bytes], parent_pid: int):
 
 
 def spawn(argv: list[str], env: dict[str, str], cwd: str, log_path: Path,
-          cgroup: Optional[MemoryCgroup]) -> subprocess.Popen:
+          cgroup: Optional[MemoryCgroup], cpus: Optional[list[int]] = None) -> subprocess.Popen:
     """Start ``argv`` (never through a shell) in a new session, stdout+stderr into ``log_path``."""
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env,
             start_new_session=True, close_fds=True,
-            preexec_fn=_child_setup(str(cgroup.procs_file).encode() if cgroup else None, os.getpid()))
+            preexec_fn=_child_setup(str(cgroup.procs_file).encode() if cgroup else None, os.getpid(), cpus))
 
 
 def signal_tree(pgid: int, known: Iterable[psutil.Process], cgroup: Optional[MemoryCgroup],

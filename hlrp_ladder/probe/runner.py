@@ -109,7 +109,7 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
     try:
         # a shared (enclosing) cgroup already holds this runner, so its children too: nothing to join
         proc = spawn(request.argv, {**os.environ, **env_diff}, request.cwd, folder / "log.txt",
-                     None if cg is None or cg.shared else cg)
+                     None if cg is None or cg.shared else cg, request.cpus)
     except (OSError, subprocess.SubprocessError) as exc:
         with open(folder / "log.txt", "a") as log:
             log.write(f"hlrp-ladder: cannot start {request.argv[0]!r}: {getattr(exc, 'strerror', None) or exc}\n")
