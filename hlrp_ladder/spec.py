@@ -220,8 +220,10 @@ class Spec(_Strict):
     runs_dir: str = "runs"
     metrics_regex: MetricsRegex = MetricsRegex()
     stress: Optional[Stress] = None
-    refine: Literal["none", "bisect"] = Field("none", description="bisect: probe the first and last rung, then "
-                                              "bisect between the last ok and the first failure")
+    refine: Literal["none", "bisect", "model"] = Field(
+        "none", description="bisect: probe the first and last rung, then bisect between the last ok and the first "
+                            "failure; model: the first two rungs, then where a line through the peaks puts the "
+                            "limit (bisection when the line does not fit)")
     granularity: PositiveInt = Field(4, description="bisect until the first failure is this close to the last ok")
     repeats: PositiveInt = Field(1, description="one-val probes of a candidate before it can be picked "
                                  "(max peak over them must fit)")

@@ -307,3 +307,57 @@ def test_host_wide_oom_counter_only_corroborates(status, victims, expected, frag
 
 def test_host_wide_counter_unchanged_is_plain():
     assert classify(0, None, 5, 5, HOST, [], host_wide=True, victims=None, main_pid=1)[1].detail == "exited 0"
+
+
+# ---- refine: model ---------------------------------------------------------------------------------------------
+def run_model(plan: policy.Plan, memory) -> tuple[Optional[int], list[int], str]:
+    """Probe with a memory curve (GiB by bs) under plan.limit_bytes: passing probes report their peak, failing ones
+    are OOM-killed at the cap (a censored reading)."""
+    records, order = [], []
+    limit = plan.limit_bytes / GIB
+    while (rung := policy.next_rung(plan, records)) is not None:
+        order.append(rung.batch_size)
+        need = memory(rung.batch_size)
+        records.append(rec(rung.batch_size, "ok" if need <= limit else "oom_killed", min(need, limit),
+                           phase=rung.phase, t=float(len(order)), cap_gib=limit))
+        assert len(order) < 30
+    v = policy.verdict(plan, records)
+    return v.pick, order, v.reason
+
+
+def linear_pick(memory, limit_gib):
+    return max((bs for bs in GRID if memory(bs) <= limit_gib), default=None)
+
+
+LINE = lambda bs: 0.8 + bs * 0.019  # noqa: E731  - the bundled trainer's shape: ~0.8 GiB + 19 MiB per sample
+
+
+@pytest.mark.parametrize("between", range(len(GRID) - 1))
+def test_model_reaches_the_verdict_in_3_one_val_probes_on_linear_memory(between):
+    # a limit between two rungs' peaks (where a real limit falls: it is no rung's exact peak)
+    lo, hi = GRID[between], GRID[between + 1]
+    limit = (LINE(lo) + LINE(hi)) / 2
+    plan = policy.Plan(batch_sizes=GRID, refine="model", limit_bytes=int(limit * GIB))
+    pick, order, reason = run_model(plan, LINE)
+    assert pick == linear_pick(LINE, limit) == lo
+    assert len(order) <= 3, order
+    if hi not in order and pick != GRID[-1]:  # the rung above was predicted, not probed: the verdict says so
+        assert f"bs={hi} was not probed: the memory model (" in reason
+
+
+def test_model_never_picks_other_than_the_linear_ladder_on_linear_memory():
+    for limit_mib in range(900, 2100, 7):
+        limit = limit_mib / 1024
+        plan = policy.Plan(batch_sizes=GRID, refine="model", limit_bytes=limit_mib * 2**20)
+        pick, order, _ = run_model(plan, LINE)
+        assert pick == linear_pick(LINE, limit), limit_mib
+        assert len(order) <= 4, (limit_mib, order)
+
+
+def test_model_falls_back_to_bisection_when_memory_has_a_knee():
+    knee = lambda bs: 1.0 + (0.002 * bs if bs <= 32 else 0.064 + 0.05 * (bs - 32))  # noqa: E731
+    for limit in (1.05, 1.3, 1.6, 2.5):
+        plan = policy.Plan(batch_sizes=GRID, refine="model", limit_bytes=int(limit * GIB))
+        pick, order, _ = run_model(plan, knee)
+        assert pick == linear_pick(knee, limit), (limit, order)
+        assert len(order) <= 7, order

@@ -61,10 +61,10 @@ def curves():
     return out
 
 
-@pytest.mark.parametrize("refine", ["none", "bisect"])
+@pytest.mark.parametrize("refine", ["none", "bisect", "model"])
 @pytest.mark.parametrize("stress", [False, True])
 def test_every_slot_count_picks_what_the_sequential_ladder_picks(refine, stress):
-    plan = policy.Plan(batch_sizes=GRID, refine=refine, stress=stress, repeats=1)
+    plan = policy.Plan(batch_sizes=GRID, refine=refine, stress=stress, repeats=1, limit_bytes=2 << 30)
     for name, one_val_ok, stress_ok in curves():
         expected, _ = sequential(plan, one_val_ok, stress_ok)
         for slots in range(1, 9):
