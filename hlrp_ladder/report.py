@@ -210,6 +210,37 @@ def _limits_text(view: RunView) -> str:
     return "\n".join(parts)
 
 
+def memory_fit(view: RunView) -> Optional[dict]:
+    """peak = fixed + per sample x bs through the passing one-val probes (``memory_model``), where it would put
+    the limit, and where throughput stops growing."""
+    from hlrp_ladder import memory_model
+
+    ok = {r.batch_size: r for r in view.records if r.phase in policy.SEARCH_PHASES and r.outcome.value == "ok"}
+    line = memory_model.fit([(bs, policy.fit_peak(r)) for bs, r in ok.items()])
+    if line is None:
+        return None
+    plan = view.plan
+    budget = (plan.limit_bytes or 0) - plan.headroom_bytes
+    largest = memory_model.largest_fitting(line, sorted(plan.batch_sizes), budget, line.margin(budget)) \
+        if plan.limit_bytes else None
+    beyond = int((budget - line.fixed) / line.per_sample) if line.per_sample > 0 and plan.limit_bytes else None
+    knee = memory_model.knee([(bs, r.metrics.samples_per_s) for bs, r in ok.items() if r.metrics.samples_per_s])
+    sentence = (f"Peak = {line.fixed / 2**20:.0f} MiB + {line.per_sample / 2**20:.1f} MiB per sample "
+                f"(Theil-Sen through {line.points} passing one-val probes"
+                + (f"; residual {line.rms / 2**20:.0f} MiB, R² {line.r2:.3f}" if line.points > 2 and line.r2 is not None
+                   else "") + ")."
+                + (f" It puts the {gib(budget)} limit at bs≈{beyond}: the largest grid size under it with the model's "
+                   f"margin is bs={largest}." if beyond is not None and largest is not None else "")
+                + ("" if not plan.limit_bytes or line.good(budget) else
+                   " The points stray from the line (more than 5 % of the limit, or R² under 0.9): `refine: model` "
+                   "would bisect here.")
+                + (f" Throughput knee: samples/s grows less than 5 % past bs={knee} (a larger batch costs memory and "
+                   f"buys little speed)." if knee is not None else ""))
+    return {"fixed_mib": round(line.fixed / 2**20, 1), "mib_per_sample": round(line.per_sample / 2**20, 2),
+            "points": line.points, "residual_mib": round(line.rms / 2**20, 1), "r2": line.r2,
+            "limit_at_bs": beyond, "largest_grid_bs": largest, "throughput_knee_bs": knee, "sentence": sentence}
+
+
 def _host_text(host: Optional[dict]) -> str:
     """Where the ladder ran, as stored when it started (a report may be written anywhere)."""
     if not host:
@@ -258,6 +289,9 @@ def markdown(view: RunView, png_name: Optional[str], report_command: str,
             sched = f"; {ev.scheduler}" if ev.scheduler else ""
             lines.append(f"- {policy.describe(rec)}: {ev.detail}. Exit {ev.exit_code}{sig}{oom}{sched}{log}")
         lines.append("")
+    model = memory_fit(view)
+    if model:
+        lines += ["## Memory model", "", model["sentence"], ""]
     fdf = forecast_frame(view)
     if not fdf.empty:
         lines += ["## Forecast", "",
@@ -307,7 +341,7 @@ def as_json(view: RunView) -> str:
         "overnight": night,
         "name": view.spec.name, "run": str(view.store.root), "status": view.state.get("status"),
         "pick": view.verdict.pick, "reason": view.verdict.reason, "exit_code": view.verdict.exit_code,
-        "confirmed_by": view.verdict.confirmed_by,
+        "confirmed_by": view.verdict.confirmed_by, "memory_model": memory_fit(view),
         "probes": [{**rec.model_dump(mode="json"), "duration_s": round(rec.duration_s, 3)} for rec in view.records],
         "warnings": view.warnings,
     }, indent=2)
