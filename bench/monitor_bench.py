@@ -8,8 +8,11 @@
 - monitor cost: the orchestrator's CPU while it watches a 16-process tree at the default 0.1 s. Goal: <= 0.5 %
   of a core.
 - overhead: wall time of a whole `hlrp-ladder run` / the sum of its probes' wall times. Goal: <= 1.03.
-- probes to the verdict: a ladder over 8..64 step 4 on a fixture whose memory is linear in bs, under a real
-  cap, linear against `refine: bisect` (goal: <= 6 one-val probes).
+- probes to the verdict: a ladder over 8..64 step 4 on a fixture whose memory is linear in bs (or has a knee),
+  under a real cap: linear, `refine: bisect` (goal: <= 6) and `refine: model` (goal: <= 3 on linear memory).
+- parallel slots: the same 12-rung ladder with a stress phase, 1 against 2 slots, locally and through a real
+  single-node SLURM (started here from tests/slurm/cluster.sh); the demo's ladder (local_s2) likewise, with the
+  kernel peaks of the rungs both ran side by side.
 """
 from __future__ import annotations
 
@@ -121,25 +124,99 @@ def overhead(tmp: Path, rungs: int, step_s: float) -> dict:
             "ratio": round(wall / total, 4)}
 
 
+def _ladder(tmp: Path, name: str, body: str, env=None) -> tuple[dict, list[dict], float]:
+    """Run `hlrp-ladder run` on a spec; its ladder.json, its records (oldest first) and its wall time."""
+    spec = tmp / f"{name}.yaml"
+    spec.write_text(f"name: {name}\nruns_dir: {tmp / 'runs'}\n{body}")
+    start = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "hlrp_ladder", "run", str(spec)], capture_output=True, text=True,
+                         cwd=ROOT, env=env)
+    wall = time.monotonic() - start
+    assert res.returncode in (0, 3), res.stderr[-3000:]
+    run = sorted((tmp / "runs" / name).iterdir())[-1]
+    records = sorted((json.loads(p.read_text()) for p in run.glob("bs-*/result.json")), key=lambda r: r["started_at"])
+    return json.loads((run / "ladder.json").read_text()), records, wall
+
+
 def probes_to_verdict(tmp: Path) -> dict:
-    """A fixture whose memory is linear in bs (20 MiB + 4 MiB per sample) under a real 200 MiB cgroup cap
-    (so bs <= 44 fits), over 8..64 step 4: how many one-val probes each search needs to reach its verdict."""
+    """Fixtures whose memory is linear in bs (20 MiB + 4 MiB per sample), or has a knee (+12 MiB per sample
+    past bs=32), under a real 200 MiB cgroup cap, over 8..64 step 4: how many one-val probes each search needs
+    to reach its verdict."""
     out = {}
-    for refine in ("none", "bisect"):
-        spec = tmp / f"bisect-{refine}.yaml"
-        argv = [sys.executable, str(MEMHOG), "base_mb=20", "mb_per_sample=4", "step_s=0.005"]
-        spec.write_text(f"name: bisect-{refine}\ncommand: {json.dumps(argv)}\n"
-                        f"batch_sizes: {{start: 8, stop: 64, step: 4}}\nrefine: {refine}\ngranularity: 4\n"
-                        f"memory: {{cap: 200MiB}}\nprobe: {{max_steps: 35, check_interval: 30, limit_batches: 1}}\n"
-                        f"runs_dir: {tmp / 'runs'}\n")
-        res = subprocess.run([sys.executable, "-m", "hlrp_ladder", "run", str(spec)], capture_output=True,
-                             text=True, cwd=ROOT)
-        run = sorted((tmp / "runs" / f"bisect-{refine}").iterdir())[-1]
-        probes = sorted((json.loads(p.read_text()) for p in run.glob("bs-*/result.json")),
-                        key=lambda r: r["started_at"])
-        pick = re.search(r"pick: bs=(\d+)", res.stdout)
-        out[refine] = {"probes": len(probes), "order": [p["batch_size"] for p in probes],
-                       "pick": int(pick.group(1)) if pick else None}
+    shapes = {"linear": ["base_mb=20", "mb_per_sample=4"],
+              "knee": ["base_mb=20", "mb_per_sample=2", "knee_bs=32", "knee_mb_per_sample=12"]}
+    for shape, knobs in shapes.items():
+        for refine in ("none", "bisect", "model"):
+            argv = [sys.executable, str(MEMHOG), *knobs, "step_s=0.005"]
+            state, records, _ = _ladder(tmp, f"verdict-{shape}-{refine}",
+                                        f"command: {json.dumps(argv)}\nbatch_sizes: {{start: 8, stop: 64, step: 4}}\n"
+                                        f"refine: {refine}\ngranularity: 4\nmemory: {{cap: 200MiB}}\n"
+                                        f"probe: {{max_steps: 35, check_interval: 30, limit_batches: 1}}\n")
+            out[f"{shape}/{refine}"] = {"probes": len(records), "order": [p["batch_size"] for p in records],
+                                        "pick": state.get("pick")}
+    return out
+
+
+HOG_LADDER = ("command: {argv}\nbatch_sizes: {{start: 2, stop: 24, step: 2}}\n"
+              "probe: {{max_steps: 60, check_interval: 30, limit_batches: 1}}\n"
+              "stress: {{max_steps: 240, check_interval: 60, limit_batches: 1}}\n"
+              "memory: {{cap: 400MiB, sample_interval_s: 0.1}}\nexecutor: {{kind: {kind}, max_parallel: {slots}, "
+              "slurm: {{cpus_per_task: 1}}}}\n")
+
+
+def parallel_walls(tmp: Path, kind: str) -> dict:
+    """The same 12-rung ladder (memory linear: 50 + 25 MiB per sample, a real 400 MiB cap: one-val fits to bs=12;
+    the stress phase keeps 10 MiB more per validation, so bs=12 fails it and bs=10 holds) with 1 and 2 slots
+    side by side: wall time and pick. 2 slots is this 2-core machine's honest maximum (one core each)."""
+    argv = json.dumps([sys.executable, str(MEMHOG), "base_mb=50", "mb_per_sample=25", "growth_mb_per_val=10",
+                       "step_s=0.02"])
+    out = {}
+    for slots in (1, 2):
+        state, records, wall = _ladder(tmp, f"par-{kind}-{slots}", HOG_LADDER.format(argv=argv, kind=kind,
+                                                                                       slots=slots))
+        out[slots] = {"wall_s": round(wall, 1), "pick": state.get("pick"), "probes": len(records),
+                      "cancelled": sum(r["outcome"] == "cancelled" for r in records)}
+    out["ratio_2_to_1"] = round(out[2]["wall_s"] / out[1]["wall_s"], 3)
+    four = tmp / "four.yaml"
+    four.write_text(f"name: four\nruns_dir: {tmp / 'runs'}\n" + HOG_LADDER.format(argv=argv, kind=kind, slots=4))
+    res = subprocess.run([sys.executable, "-m", "hlrp_ladder", "preflight", str(four), "--json"],
+                         capture_output=True, text=True, cwd=ROOT)
+    refused = [f for f in json.loads(res.stdout) if f["check"] == "parallel cores" and f["status"] == "fail"]
+    out[4] = {"refused": refused[0]["detail"]} if refused else {"refused": None}
+    return out
+
+
+def slurm_walls(tmp: Path) -> dict:
+    """The same ladder through a real single-node SLURM (tests/slurm/cluster.sh), 1 against 2 jobs at once."""
+    script = ROOT / "tests" / "slurm" / "cluster.sh"
+    state = Path(tempfile.mkdtemp(prefix="hlrp-bench-slurm-"))
+    subprocess.run(["bash", str(script), "install"], check=True, capture_output=True)
+    start = subprocess.run(["bash", str(script), "start", str(state)], check=True, capture_output=True, text=True)
+    env = {**os.environ, "SLURM_CONF": start.stdout.strip().splitlines()[-1].split("=", 1)[1]}
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = env["SLURM_CONF"]
+    try:
+        return parallel_walls(tmp, "slurm")
+    finally:
+        subprocess.run(["bash", str(script), "stop", str(state)], capture_output=True)
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+
+
+def demo_walls(tmp: Path) -> dict:
+    """`ladders/local_s2.yaml` (the demo: the bundled trainer under a 1.25 GiB cap) with 1 and 2 slots: wall,
+    pick, and the kernel peak of every rung both ran (the noise between runs is ~±40 MiB, bench/STRESS.md)."""
+    base = (ROOT / "ladders" / "local_s2.yaml").read_text()
+    out, peaks = {}, {}
+    for slots in (1, 2):
+        body = base.replace("name: local_s2\n", "") + f"\nexecutor: {{max_parallel: {slots}}}\n"
+        state, records, wall = _ladder(tmp, f"demo-{slots}", body)
+        out[slots] = {"wall_s": round(wall, 1), "pick": state.get("pick"), "probes": len(records),
+                      "cancelled": sum(r["outcome"] == "cancelled" for r in records)}
+        peaks[slots] = {r["folder"]: r["peaks"]["kernel_bytes"] for r in records if r["outcome"] != "cancelled"}
+    both = sorted(set(peaks[1]) & set(peaks[2]))
+    out["peak_delta_mib"] = {f: round((peaks[2][f] - peaks[1][f]) / 2**20) for f in both}
+    out["ratio_2_to_1"] = round(out[2]["wall_s"] / out[1]["wall_s"], 3)
     return out
 
 
@@ -158,6 +235,9 @@ def main() -> None:
             "monitor_cost_psutil_scan": monitor_cost(tmp, 10 if args.quick else 30, with_cgroup=False),
             "overhead": overhead(tmp, 6, 0.03 if args.quick else 0.05),
             "probes_to_verdict": probes_to_verdict(tmp),
+            "parallel_local": parallel_walls(tmp, "local"),
+            "parallel_slurm": slurm_walls(tmp),
+            "demo": demo_walls(tmp) if not args.quick else None,
         }
     r = results
     lines = [
@@ -183,10 +263,30 @@ def main() -> None:
         f"{r['monitor_cost_psutil_scan']['whole_probe_pct_of_core']} %) | <= 0.5 % |",
         f"| overhead: ladder wall / sum of probe walls ({r['overhead']['rungs']} rungs of "
         f"~{r['overhead']['sum_probe_wall_s'] / r['overhead']['rungs']:.1f} s) | {r['overhead']['ratio']} | <= 1.03 |",
-        f"| one-val probes to the verdict over 8..64 step 4, memory linear in bs, 200 MiB cap: linear ladder | "
-        f"{r['probes_to_verdict']['none']['probes']} (pick {r['probes_to_verdict']['none']['pick']}) | |",
-        f"| same, `refine: bisect`, granularity 4 (order {r['probes_to_verdict']['bisect']['order']}) | "
-        f"{r['probes_to_verdict']['bisect']['probes']} (pick {r['probes_to_verdict']['bisect']['pick']}) | <= 6 |",
+    ]
+    pv = r["probes_to_verdict"]
+    for shape in ("linear", "knee"):
+        for refine, goal in (("none", ""), ("bisect", "<= 6" if shape == "linear" else ""),
+                             ("model", "<= 3" if shape == "linear" else "")):
+            item = pv[f"{shape}/{refine}"]
+            lines.append(f"| one-val probes to the verdict, 8..64 step 4, memory {shape} in bs, 200 MiB cap, "
+                         f"`refine: {refine}` (order {item['order']}) | {item['probes']} (pick {item['pick']}) | "
+                         f"{goal} |")
+    for kind in ("local", "slurm"):
+        par = r[f"parallel_{kind}"]
+        lines.append(f"| ladder wall, hog fixture, 12 rungs + stress, 400 MiB cap, {kind}: 1 slot / 2 slots | "
+                     f"{par[1]['wall_s']} s / "
+                     f"{par[2]['wall_s']} s = **{par['ratio_2_to_1']}** (picks {par[1]['pick']} / {par[2]['pick']}; "
+                     f"{par[2]['cancelled']} speculative probe(s) cancelled) | same pick |")
+    lines.append(f"| 4 local slots on this machine | refused by preflight: {r['parallel_local'][4]['refused']} | |")
+    if r["demo"]:
+        d = r["demo"]
+        lines.append(f"| `make demo`'s ladder (local_s2): 1 slot / 2 slots | {d[1]['wall_s']} s / {d[2]['wall_s']} s "
+                     f"= **{d['ratio_2_to_1']}** (picks {d[1]['pick']} / {d[2]['pick']}) | pick bs=20 |")
+        deltas = d["peak_delta_mib"]
+        lines.append(f"| its rungs' kernel peaks, 2 slots minus 1 slot | {deltas} MiB (max |Δ| "
+                     f"{max((abs(v) for v in deltas.values()), default=0)} MiB) | within ±40 MiB (bench/STRESS.md) |")
+    lines += [
         "",
         "```json",
         json.dumps(results, indent=2),

@@ -25,7 +25,7 @@ from hlrp_ladder.signals import StopFlag
 from hlrp_ladder.sizes import gib
 from hlrp_ladder.store import RESULT, RunStore, StoreError, probe_folder_name, write_json
 
-POLL_S = 0.1          # how often running probes are polled (a file read locally; a SLURM executor caches its state)
+POLL_S = 0.05         # how often running probes are polled (a file read locally; a SLURM executor caches its state)
 CANCEL_WAIT_S = 60.0  # after Ctrl-C, how long to wait for the probes to confirm they stopped
 
 

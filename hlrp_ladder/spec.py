@@ -15,9 +15,8 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 
 from hlrp_ladder import policy, sizes
 from hlrp_ladder.records import MetricsPatterns
+from hlrp_ladder.masking import MASK, mask, mask_argv  # noqa: F401  (re-exported: the spec masks its snapshot)
 
-SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
-MASK = "***"
 
 
 class SpecError(ValueError):
@@ -350,22 +349,6 @@ def masked_keys(data: dict) -> list[str]:
     night = data.get("overnight") or {}
     out += [f"overnight.env.{k}" for k, v in (night.get("env") or {}).items() if v == MASK]
     out += [f"overnight.overrides.{k}" for k, v in (night.get("overrides") or {}).items() if v == MASK]
-    return out
-
-
-def is_secret(name: str) -> bool:
-    return any(word in name.upper() for word in SECRET_WORDS)
-
-
-def mask(mapping: dict) -> dict:
-    return {k: (MASK if is_secret(k) and v not in (None, "") else v) for k, v in mapping.items()}
-
-
-def mask_argv(argv: list[str]) -> list[str]:
-    out = []
-    for item in argv:
-        key, sep, value = item.partition("=")
-        out.append(f"{key}={MASK}" if sep and is_secret(key) and value else item)
     return out
 
 

@@ -9,7 +9,6 @@ import fcntl
 import json
 import os
 import signal
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,63 +19,16 @@ import yaml
 from pydantic import ValidationError
 
 from hlrp_ladder import policy
+from hlrp_ladder.files import RESULT, RUNNING, atomic_write, umask, write_json, write_json_once  # noqa: F401
 from hlrp_ladder.probe import cgroup as cgroups
 from hlrp_ladder.records import MARKER_ENV, Outcome, ProbeRecord
 from hlrp_ladder.spec import Spec
 
-RESULT, RUNNING, STATE, SPEC_SNAPSHOT = "result.json", "running.json", "ladder.json", "spec.yaml"
+STATE, SPEC_SNAPSHOT = "ladder.json", "spec.yaml"
 
 
 class StoreError(RuntimeError):
     """A run folder cannot be used as asked; the message is one line."""
-
-
-def umask() -> int:
-    """The process umask, read without changing it (``os.umask`` can only be read by setting it)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    current = os.umask(0o022)
-    os.umask(current)
-    return current
-
-
-def atomic_write(path: Path, text: str, private: bool = False) -> None:
-    """Write ``path`` whole or not at all. Readable by the team as the umask allows, like any file the user
-    makes (``mkstemp`` alone would leave it 0600); ``private`` keeps it to the owner (a file with a secret)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600 if private else 0o666 & ~umask())
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data) -> None:
-    atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def write_json_once(path: Path, data) -> bool:
-    """Write ``path`` whole, unless it exists: False then (an executor already wrote the record — a job lost
-    with its node, say — and a runner that lived on must not replace it)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
-    atomic_write(tmp, json.dumps(data, indent=2, default=str) + "\n")
-    try:
-        os.link(tmp, path)  # atomic, and refuses to replace
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def probe_folder_name(batch_size: int, phase: str = "ladder", repeat: int = 0, retry: int = 0) -> str:

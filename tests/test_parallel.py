@@ -44,7 +44,7 @@ def test_two_slots_pick_what_one_slot_picks_each_probe_on_its_own_core(tmp_path,
     for folder in run.glob("bs-*"):
         request = json.loads((folder / "request.json").read_text())
         assert len(request["cpus"]) == 1
-        log = (folder / "log.txt").read_text()
+        log = (folder / "log.txt").read_text() if (folder / "log.txt").exists() else ""  # cancelled before it ran
         if "holding" in log:  # the trainer ran on exactly its slot's core
             assert f"on cpus {request['cpus']}" in log, (folder.name, log)
         cores.setdefault(tuple(request["cpus"]), []).append(folder.name)

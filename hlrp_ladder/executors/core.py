@@ -126,8 +126,8 @@ def substitute_record(request: ProbeRequest, outcome: Outcome, detail: str, log_
                       started_at: float, exit_code: Optional[int] = None, extra: Optional[dict] = None) -> ProbeRecord:
     """The record of a probe whose runner could not write one (it never started, or died with its node): the
     executor's own evidence, and the peak of the timeline it left, if any. Written to ``result.json``."""
-    from hlrp_ladder.spec import mask_argv
-    from hlrp_ladder.store import write_json
+    from hlrp_ladder.masking import mask_argv
+    from hlrp_ladder.files import write_json
 
     peaks = Peaks()
     try:

@@ -13,7 +13,8 @@ from hlrp_ladder import policy
 from hlrp_ladder.ladder import long_run_steps
 from hlrp_ladder.probe.cgroup import safe_name
 from hlrp_ladder.records import ProbeRecord, ProbeRequest
-from hlrp_ladder.spec import Recipe, Spec, mask, mask_argv
+from hlrp_ladder.masking import mask, mask_argv
+from hlrp_ladder.spec import Recipe, Spec
 from hlrp_ladder.store import RESULT, RunStore, StoreError
 
 REQUEST = "request.json"

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from hlrp_ladder.probe.runner import run_probe
 from hlrp_ladder.records import ProbeRequest
 from hlrp_ladder.signals import StopFlag
-from hlrp_ladder.store import atomic_write, write_json
+from hlrp_ladder.files import atomic_write, write_json
 
 REQUEST, RUNNER, STATUS, ENV_FILE = "request.json", "runner.json", "status.json", ".env.json"
 
@@ -33,7 +33,7 @@ REQUEST, RUNNER, STATUS, ENV_FILE = "request.json", "runner.json", "status.json"
 def write_request(folder: Path, request: ProbeRequest) -> None:
     """request.json, with the environment's secrets masked (the real values reach the runner through its own
     environment, or ENV_FILE for a detached start)."""
-    from hlrp_ladder.spec import mask
+    from hlrp_ladder.masking import mask
 
     data = request.model_dump(mode="json")
     data["env"] = mask(data["env"])

@@ -24,8 +24,8 @@ from hlrp_ladder.probe.outcome import classify
 from hlrp_ladder.probe.process import alive, signal_tree, spawn
 from hlrp_ladder.probe.sampler import CSV_HEADER, TreeSampler
 from hlrp_ladder.records import MARKER_ENV, METRICS_ENV, Limits, Peaks, ProbeRecord, ProbeRequest
-from hlrp_ladder.spec import MASK, mask, mask_argv
-from hlrp_ladder.store import RESULT, RUNNING, write_json, write_json_once
+from hlrp_ladder.masking import MASK, mask, mask_argv
+from hlrp_ladder.files import RESULT, RUNNING, write_json, write_json_once
 
 CSV_FLUSH_S = 0.5
 
