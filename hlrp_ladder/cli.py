@@ -40,8 +40,8 @@ class Format(str, Enum):
     csv = "csv"
 
 
-def _preflight(spec: Spec, spec_path: Path, skip: bool) -> None:
-    """Before run and launch-overnight: stop on a blocker, show warnings, say how long it took."""
+def _preflight(spec: Spec, spec_path: Path, skip: bool, variants: bool = False) -> None:
+    """Before run, compare and launch-overnight: stop on a blocker, show warnings, say how long it took."""
     if skip:
         err.print("preflight: skipped (--skip-preflight)", highlight=False)
         return
@@ -50,7 +50,7 @@ def _preflight(spec: Spec, spec_path: Path, skip: bool) -> None:
     from hlrp_ladder import preflight
 
     start = time.monotonic()
-    findings = preflight.run_checks(preflight.build_context(spec, str(spec_path)))
+    findings = preflight.findings(spec, str(spec_path), variants)
     problems = [f for f in findings if f.status in ("fail", "warn")]
     if problems:
         err.print(preflight.table(problems, only_problems=True))
@@ -102,6 +102,38 @@ def run(spec_path: Path = typer.Argument(..., metavar="SPEC", help="ladder spec 
 
 @app.command()
 @user_errors
+def compare(spec_path: Path = typer.Argument(..., metavar="SPEC", help="a spec with a compare section"),
+            run_ref: Optional[str] = typer.Argument(None, metavar="[RUN]", help="with --resume: the compare run to "
+                                                    "continue (default: the spec's latest)"),
+            resume: bool = typer.Option(False, "--resume", help="continue a compare run: finished runs are kept"),
+            skip_preflight: bool = typer.Option(False, "--skip-preflight")):
+    """Run the variant matrix (compare section: every variant x repeat at one batch size) through the spec's
+    executor; hlrp-ladder report then gives the table, the pairs with their noise bands, and the plot."""
+    from hlrp_ladder.compare_runner import run_compare
+    from hlrp_ladder.live import LiveView
+    from hlrp_ladder.probe import cgroup as cgroups
+
+    if run_ref is not None and not resume:
+        raise StoreError(f"{run_ref}: a RUN is only taken with --resume")
+    spec = load_spec(spec_path)
+    if spec.compare is None:
+        raise SpecError(f"{spec_path}: compare: the spec has no compare section (batch_size, variants, ...)")
+    leaf = cgroups.delegate() if spec.executor.kind == "local" else None
+    try:
+        _preflight(spec, spec_path, skip_preflight, variants=True)
+        result = run_compare(spec, LiveView(err), (run_ref or "latest") if resume else None,
+                             ["hlrp-ladder", *sys.argv[1:]])
+    finally:
+        cgroups.undelegate(leaf)
+    label = "stopped" if result.verdict.exit_code else "done"
+    (err if result.verdict.exit_code else out).print(f"{label}: {result.verdict.reason}", highlight=False,
+                                                     markup=False)
+    out.print(f"run: {result.store.root}  (report: hlrp-ladder report {result.store.root})", highlight=False)
+    raise typer.Exit(result.verdict.exit_code)
+
+
+@app.command()
+@user_errors
 def validate(spec_path: Path = typer.Argument(..., metavar="SPEC")):
     """Check a spec and print the probes it would run (argv, env diff)."""
     for line in load_spec(spec_path).summary_lines(str(spec_path)):
@@ -119,7 +151,7 @@ def preflight_cmd(spec_path: Path = typer.Argument(..., metavar="SPEC"),
 
     spec = load_spec(spec_path)
     start = time.monotonic()
-    findings = preflight.run_checks(preflight.build_context(spec, str(spec_path)))
+    findings = preflight.findings(spec, str(spec_path))
     blockers = sum(f.blocking for f in findings)
     if as_json:
         print(json.dumps([f.__dict__ for f in findings], indent=2))
@@ -151,7 +183,12 @@ def report(run: Optional[str] = typer.Argument(None, help="run folder, NAME/RUN-
     if spec_path is not None:
         spec = load_spec(spec_path)
         runs_dir, name = Path(spec.runs_dir), spec.name
-    view = reports.load_run(RunStore.find(runs_dir, run, name))
+    store = RunStore.find(runs_dir, run, name)
+    if store.kind == "compare":
+        from hlrp_ladder import compare_report as reports
+        view = reports.load(store)
+    else:
+        view = reports.load_run(store)
     path = reports.write(view, out_dir, fmt.value, shlex.join(["hlrp-ladder", "report", *sys.argv[2:]]))
     if fmt == Format.md:
         # Off a terminal rich assumes 80 columns, which folds every cell; a report table wants its width.
@@ -172,7 +209,7 @@ def _run_and_spec(run: Optional[str], runs_dir: Path, spec_path: Optional[Path])
     if spec_path is not None:
         spec = load_spec(spec_path)
         runs_dir, name = Path(spec.runs_dir), spec.name
-    store = RunStore.find(runs_dir, run, name)
+    store = RunStore.find(runs_dir, run, name, kind="ladder")
     if spec is None:
         snapshot = store.root / "spec.yaml"
         text = snapshot.read_text()
@@ -223,7 +260,7 @@ def status(run: Optional[str] = typer.Argument(None, help="the ladder run (defau
     if spec_path is not None:
         spec = load_spec(spec_path)
         runs_dir = Path(spec.runs_dir)
-    store = RunStore.find(runs_dir, run, spec.name if spec_path is not None else None)
+    store = RunStore.find(runs_dir, run, spec.name if spec_path is not None else None, kind="ladder")
     st = overnight.status(store)
     if as_json:
         print(json.dumps(st, indent=2))

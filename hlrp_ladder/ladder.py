@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from hlrp_ladder import executors, forecast, host, policy, sizes
-from hlrp_ladder.executors.core import Executor, Handle, last_sample, substitute_record
+from hlrp_ladder.executors.core import Executor, Handle
+from hlrp_ladder.flight import POLL_S, Flight, Slot
 from hlrp_ladder.live import LiveView
 from hlrp_ladder.probe import cgroup as cgroups
 from hlrp_ladder.probe.cgroup import safe_name
@@ -25,8 +26,6 @@ from hlrp_ladder.signals import StopFlag
 from hlrp_ladder.sizes import gib
 from hlrp_ladder.store import RESULT, RunStore, StoreError, probe_folder_name, write_json
 
-POLL_S = 0.05         # how often running probes are polled (a file read locally; a SLURM executor caches its state)
-CANCEL_WAIT_S = 60.0  # after Ctrl-C, how long to wait for the probes to confirm they stopped
 
 
 @dataclass
@@ -115,7 +114,7 @@ def open_run(spec: Spec, executor: Executor, resume: Optional[str], command_line
         store = RunStore.create(spec, command_line, plan.to_json(), facts)
         store.lock()
         return store, plan, []
-    store = RunStore.find(spec.runs_dir, None if resume == "latest" else resume, spec.name)
+    store = RunStore.find(spec.runs_dir, None if resume == "latest" else resume, spec.name, kind="ladder")
     state = store.state()
     if state.get("fingerprint") != spec.fingerprint():
         raise StoreError(f"{store.root}: the spec changed since this run started; start a new run instead "
@@ -149,20 +148,17 @@ def run_ladder(spec: Spec, view: LiveView, resume: Optional[str] = None,
         cgroups.undelegate(leaf)
 
 
-@dataclass
-class Slot:
-    """A probe in flight: its rung, its executor handle, the slot it holds (its cores, locally)."""
-    rung: policy.Rung
-    handle: Handle
-    index: int
-    cancelled: bool = False          # by the schedule (no future of the ladder needs it), not by the user
-
-
 def _rung(request: ProbeRequest) -> policy.Rung:
     return policy.Rung(request.batch_size, request.phase, request.repeat, request.retry)
 
 
-def _run(spec: Spec, view: LiveView, resume: Optional[str], command_line: list[str]) -> RunResult:
+def local_cores(spec: Spec) -> Optional[list[list[int]]]:
+    """Each local slot's cores (None: no pinning asked for, or not local)."""
+    return spec.executor.probe_cpus(sorted(os.sched_getaffinity(0))) if spec.executor.kind == "local" else None
+
+
+def prepare(spec: Spec, view: LiveView) -> tuple[Executor, Optional[dict]]:
+    """The spec's executor; locally, stale probe cgroups of runners that are gone swept first."""
     executor, executor_facts = executors.create(spec)
     if spec.executor.kind == "local":
         removed, busy = cgroups.sweep_stale(cgroups.find_parent()[0])
@@ -171,11 +167,21 @@ def _run(spec: Spec, view: LiveView, resume: Optional[str], command_line: list[s
         for path in busy:
             view.message(f"warning: {path} still holds processes of a probe whose monitor is gone; "
                          f"--resume of its run kills them")
+    return executor, executor_facts
+
+
+def interrupted(store: RunStore, command_line: list[str], records: list[ProbeRecord], verb: str = "run") -> RunResult:
+    spec_arg = command_line[2] if len(command_line) > 2 else "SPEC"
+    reason = f"interrupted; resume with: hlrp-ladder {verb} {spec_arg} --resume {store.root}"
+    store.write_state(status="interrupted", reason=reason, exit_code=policy.EXIT_INTERRUPTED)
+    return RunResult(store, policy.Verdict(None, reason, policy.EXIT_INTERRUPTED, status="interrupted"), records)
+
+
+def _run(spec: Spec, view: LiveView, resume: Optional[str], command_line: list[str]) -> RunResult:
+    executor, executor_facts = prepare(spec, view)
     store, plan, reattached = open_run(spec, executor, resume, command_line, view, executor_facts)
     if spec.executor.kind == "local":  # where this run's probe cgroups go: resolved when it started, or now
         executor.configure(store.state().get("host") or {} if resume is None else host.facts(plan.cap_bytes))
-    slots = spec.executor.max_parallel
-    cores = spec.executor.probe_cpus(sorted(os.sched_getaffinity(0))) if spec.executor.kind == "local" else None
     loaded = store.load()
     for warning in loaded.warnings:
         view.message(f"warning: {warning}")
@@ -183,66 +189,36 @@ def _run(spec: Spec, view: LiveView, resume: Optional[str], command_line: list[s
     records = [with_forecast(spec, plan, r) if r.forecast is None else r for r in loaded.records]
     for rec in policy.latest(records).values():
         view.message(f"resume: {policy.describe(rec)} (kept from {rec.folder})")
-    flight: list[Slot] = []
+    flight = Flight(executor, spec.executor.max_parallel, local_cores(spec), view)
     for handle in reattached:
-        flight.append(Slot(_rung(handle.request), handle, len(flight)))
-        view.start(handle.request)
+        flight.adopt(_rung(handle.request), handle)
 
-    def collect(slot: Slot, record: ProbeRecord) -> None:
+    def collect(slot: Slot, record: ProbeRecord) -> ProbeRecord:
         if slot.cancelled and record.outcome == Outcome.interrupted:
             record.outcome = Outcome.cancelled
             record.evidence.detail = ("cancelled: the ladder no longer needed this probe (run ahead of time in a "
                                       "parallel slot); not a verdict")
-            write_json(slot.handle.request.folder / RESULT, record.model_dump(mode="json"))
+            write_json(slot.request.folder / RESULT, record.model_dump(mode="json"))
         record = with_forecast(spec, plan, record)
         if record.forecast is not None:
-            write_json(slot.handle.request.folder / RESULT, record.model_dump(mode="json"))
-        view.finish(record, slot.handle.request.folder)
+            write_json(slot.request.folder / RESULT, record.model_dump(mode="json"))
         records.append(record)
-        flight.remove(slot)
-
-    def poll_all() -> None:
-        for slot in list(flight):
-            record = slot.handle.poll()
-            if record is not None:
-                collect(slot, record)
+        return record
 
     with StopFlag() as stop:
         while not stop():
-            poll_all()
-            plan_now = schedule(plan, records, [s.rung for s in flight if not s.cancelled], slots)
-            for slot in flight:
-                if slot.rung in plan_now.cancel and not slot.cancelled:
-                    slot.cancelled = True
-                    slot.handle.cancel()
-            free = [i for i in range(slots) if i not in {s.index for s in flight}]
-            for rung, index in zip(plan_now.start, free):
-                request = build_request(spec, plan, store, rung, cores[index] if cores else None)
-                view.start(request)
-                flight.append(Slot(rung, executor.submit(request), index))
+            flight.poll(collect)
+            now = schedule(plan, records, flight.tags(), flight.slots)
+            for rung in now.cancel:
+                flight.cancel(rung)
+            for rung, index in zip(now.start, flight.free()):
+                flight.submit(rung, index, build_request(spec, plan, store, rung, flight.cores_of(index)))
             if not flight:
                 break
-            for slot in flight:
-                sample = last_sample(slot.handle.request.folder)
-                if sample is not None:
-                    view.on_sample(slot.handle.request, sample)
             time.sleep(POLL_S)
         if stop():
-            for slot in flight:
-                slot.handle.cancel()
-            deadline = time.monotonic() + CANCEL_WAIT_S
-            while flight and time.monotonic() < deadline:
-                poll_all()
-                time.sleep(POLL_S)
-            for slot in list(flight):  # the executor could not confirm: say what we know
-                collect(slot, substitute_record(slot.handle.request, Outcome.interrupted, f"stopped by the user; "
-                                                f"{slot.handle.describe()} did not confirm within "
-                                                f"{CANCEL_WAIT_S:.0f} s", None, time.time()))
-            spec_arg = command_line[2] if len(command_line) > 2 else "SPEC"
-            reason = f"interrupted; resume with: hlrp-ladder run {spec_arg} --resume {store.root}"
-            store.write_state(status="interrupted", reason=reason, exit_code=policy.EXIT_INTERRUPTED)
-            return RunResult(store, policy.Verdict(None, reason, policy.EXIT_INTERRUPTED, status="interrupted"),
-                             records)
+            flight.stop(collect)
+            return interrupted(store, command_line, records)
     verdict = policy.verdict(plan, records)
     store.write_state(status="inconclusive" if verdict.inconclusive else "done", pick=verdict.pick,
                       reason=verdict.reason, exit_code=verdict.exit_code, confirmed_by=verdict.confirmed_by)

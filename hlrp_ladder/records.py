@@ -104,6 +104,7 @@ class ProbeRecord(_Model):
     phase: str = "ladder"                    # ladder | refine | repeat | stress
     repeat: int = 0                          # 2.. for the extra probes of `repeats`
     retry: int = 0                           # 1.. for the retries of an inconclusive (error, timeout) probe
+    variant: Optional[str] = None            # compare: the variant this run belongs to
     attempt: int = 1
     folder: str
     outcome: Outcome
@@ -171,6 +172,7 @@ class ProbeRequest(_Model):
     attempt: int = 1
     repeat: int = 0
     retry: int = 0
+    variant: Optional[str] = None            # compare: the variant this run belongs to
     argv: list[str]                          # run as is: no shell, values passed literally
     env: dict[str, str] = {}                 # added to the runner's environment
     cwd: str

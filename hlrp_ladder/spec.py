@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt,
-                      ValidationError, field_validator)
+                      ValidationError, field_validator, model_validator)
 
 from hlrp_ladder import policy, sizes
 from hlrp_ladder.records import MetricsPatterns
@@ -186,6 +186,56 @@ class Range(_Strict):
     step: PositiveInt
 
 
+VARIANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class Pair(_Strict):
+    """Two variants to compare, and the keys the comparison is about (its other differences are flagged)."""
+    a: str
+    b: str
+    about: list[str] = []
+
+
+class CompareSpec(_Strict):
+    """A matrix of variants run at one batch size, each ``repeats`` times, to see what a setting costs."""
+    batch_size: Union[PositiveInt, Literal["pick"]] = Field(..., description="a batch size, or 'pick': the latest "
+                                                             "finished ladder run's pick of this spec")
+    max_steps: PositiveInt = 1000
+    check_interval: PositiveInt = 400
+    limit_batches: Optional[PositiveInt] = Field(None, description="null leaves the trainer's default (a variant "
+                                                 "may set it)")
+    repeats: PositiveInt = Field(2, description="runs per variant; the noise band of every delta comes from them")
+    timeout_s: Optional[float] = Field(None, gt=0, description="per run (default: timeout_s scaled by max_steps)")
+    variants: dict[Annotated[str, Field(pattern=VARIANT_NAME)], dict[str, Scalar]] = Field(
+        ..., min_length=1, description="name -> overrides (key: value; 'env.NAME: value' sets an environment "
+                                       "variable)")
+    pairs: Optional[list[Pair]] = Field(None, description="default: every variant against the first, about what "
+                                        "differs")
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _scalars(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for name, items in value.items():
+                if items is None:
+                    value[name] = {}
+                elif not isinstance(items, dict):
+                    raise ValueError(f"{name}: a variant is a mapping of overrides (key: value)")
+                else:
+                    for key, item in items.items():
+                        if isinstance(item, (dict, list)):
+                            raise ValueError(f"{name}.{key}: a value must be a scalar, got {type(item).__name__}")
+        return value
+
+    @model_validator(mode="after")
+    def _pairs_name_variants(self) -> "CompareSpec":
+        for i, pair in enumerate(self.pairs or []):
+            for side in (pair.a, pair.b):
+                if side not in self.variants:
+                    raise ValueError(f"pairs[{i}]: no variant named {side!r} (variants: {', '.join(self.variants)})")
+        return self
+
+
 def _expand_batch_sizes(value: Any) -> Any:
     if isinstance(value, dict):
         rng = Range.model_validate(value)
@@ -232,6 +282,7 @@ class Spec(_Strict):
     overnight: Optional[Overnight] = None
     preflight: Preflight = Preflight()
     executor: ExecutorSpec = ExecutorSpec()
+    compare: Optional[CompareSpec] = None
 
     @field_validator("overrides", mode="before")
     @classmethod
@@ -316,12 +367,27 @@ class Spec(_Strict):
                   if plan.headroom_bytes else ""]
         if any(extras):
             lines.append("; ".join(e for e in extras if e))
+        if self.compare is not None:
+            from hlrp_ladder import compare
+
+            cmp = self.compare
+            bs = cmp.batch_size if cmp.batch_size != "pick" else "<the ladder's pick>"
+            lines.append(f"compare: {len(cmp.variants)} variants x {cmp.repeats} runs at bs={bs}, {cmp.max_steps} "
+                         f"steps, validation every {cmp.check_interval}")
+            for name in cmp.variants:
+                argv, env = compare.effective(self, name, 0 if bs == "<the ladder's pick>" else bs)
+                extra = {k: v for k, v in env.items() if k not in self.env}
+                lines.append(f"  {name}: {shlex.join(mask_argv(argv))}" +
+                             (f"   env {' '.join(f'{k}={v}' for k, v in mask(extra).items())}" if extra else ""))
+            for pair in compare.pairs(self, 0 if bs == "<the ladder's pick>" else bs):
+                lines.append(f"  pair {pair.b} vs {pair.a}, about {', '.join(pair.about) or '-'}"
+                             + (f": NOT apples to apples, {pair.extra_text}" if pair.extra else ""))
         return lines
 
     def fingerprint(self) -> str:
         """Identifies what a run measures; ``--resume`` refuses a spec whose fingerprint changed."""
-        # The long run's settings and the preflight's do not change what the ladder measures.
-        data = self.model_dump(mode="json", exclude={"runs_dir", "overnight", "preflight"})
+        # The long run's settings, the preflight's and a compare matrix do not change what the ladder measures.
+        data = self.model_dump(mode="json", exclude={"runs_dir", "overnight", "preflight", "compare"})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def masked(self) -> dict:

@@ -53,9 +53,10 @@ class RunStore:
     # ---- finding runs ----------------------------------------------------------------------------------------
     @staticmethod
     def create(spec: Spec, command_line: list[str], plan: Optional[dict] = None,
-               host: Optional[dict] = None) -> "RunStore":
+               host: Optional[dict] = None, kind: str = "ladder", fingerprint: Optional[str] = None) -> "RunStore":
         """A new run folder with the spec's snapshot and ``ladder.json``, which keeps the resolved ``plan``
-        (limits in bytes) and the ``host`` facts the run is judged by."""
+        (limits in bytes) and the ``host`` facts the run is judged by. A compare run's folder ends in
+        ``-compare``."""
         base = Path(spec.runs_dir).expanduser() / spec.name
         try:
             base.mkdir(parents=True, exist_ok=True)
@@ -63,7 +64,7 @@ class RunStore:
             raise StoreError(f"runs_dir: cannot create {base} ({exc.strerror})") from None
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for n in range(1, 1000):
-            root = base / (stamp if n == 1 else f"{stamp}-{n}")
+            root = base / ((stamp if n == 1 else f"{stamp}-{n}") + ("" if kind == "ladder" else f"-{kind}"))
             try:
                 root.mkdir()
                 break
@@ -73,29 +74,39 @@ class RunStore:
                 raise StoreError(f"runs_dir: cannot create {root} ({exc.strerror})") from None
         store = RunStore(root)
         atomic_write(root / SPEC_SNAPSHOT, yaml.safe_dump(spec.masked(), sort_keys=False))
-        store.write_state(name=spec.name, run_id=root.name, fingerprint=spec.fingerprint(), status="running",
+        store.write_state(name=spec.name, run_id=root.name, kind=kind,
+                          fingerprint=fingerprint or spec.fingerprint(), status="running",
                           command=command_line, created=time.time(), plan=plan, host=host)
         return store
 
+    @property
+    def kind(self) -> str:
+        """ladder | compare."""
+        return "compare" if self.root.name.endswith("-compare") else "ladder"
+
     @staticmethod
-    def runs(runs_dir: Path, name: Optional[str] = None) -> list[Path]:
-        """Run folders, oldest first."""
+    def runs(runs_dir: Path, name: Optional[str] = None, kind: Optional[str] = None) -> list[Path]:
+        """Run folders (of one kind: ladder | compare), oldest first."""
         pattern = f"{name}/*/{STATE}" if name else f"*/*/{STATE}"
         found = [p.parent for p in Path(runs_dir).expanduser().glob(pattern)]
+        if kind is not None:
+            found = [p for p in found if RunStore(p).kind == kind]
         return sorted(found, key=lambda p: (p.name, p.parent.name))
 
     @staticmethod
-    def find(runs_dir: Path, run: Optional[str], name: Optional[str] = None) -> "RunStore":
-        """``run`` may be a path, ``name/run-id`` or a run-id; None means the latest run."""
+    def find(runs_dir: Path, run: Optional[str], name: Optional[str] = None,
+             kind: Optional[str] = None) -> "RunStore":
+        """``run`` may be a path, ``name/run-id`` or a run-id; None means the latest run (of ``kind``)."""
         if run:
             for candidate in (Path(run), Path(runs_dir) / run, *(Path(runs_dir).glob(f"*/{run}"))):
                 if (candidate / STATE).is_file():
                     return RunStore(candidate)
             raise StoreError(f"{run}: no such run under {runs_dir} (hlrp-ladder runs lists them)")
-        runs = RunStore.runs(runs_dir, name)
+        runs = RunStore.runs(runs_dir, name, kind)
         if not runs:
             what = f"of '{name}' " if name else ""
-            raise StoreError(f"no runs {what}under {runs_dir}")
+            return_kind = f"{kind} " if kind and kind != "ladder" else ""
+            raise StoreError(f"no {return_kind}runs {what}under {runs_dir}")
         return RunStore(runs[-1])
 
     # ---- state -----------------------------------------------------------------------------------------------
@@ -137,7 +148,10 @@ class RunStore:
 
     # ---- probes ----------------------------------------------------------------------------------------------
     def probe_dirs(self) -> list[Path]:
-        return sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("bs-") and "." not in p.name)
+        """The probe folders (a ladder's bs-*, a compare run's <variant>-r<k>); set-aside ones have a '.'."""
+        ladder = self.kind == "ladder"
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and "." not in p.name
+                      and (p.name.startswith("bs-") if ladder else True))
 
     def load(self) -> Loaded:
         """Every whole record; a corrupt or truncated ``result.json`` is reported and treated as not run."""

@@ -231,3 +231,25 @@ def test_two_slots_run_two_jobs_at_once_with_the_same_pick(slurm, user_env):
     recs = sorted((json.loads(p.read_text()) for p in run.glob("*/result.json")), key=lambda r: r["started_at"])
     assert any(a["ended_at"] > b["started_at"] for a, b in zip(recs, recs[1:]))  # two jobs at once
     assert not slurm.queue("hlrp-par")
+
+
+def test_a_compare_matrix_through_slurm_finds_the_known_cost(slurm, user_env):
+    spec = write_spec(user_env, "cmpsl", batch_sizes="[8]", cap="400MiB", extra="""compare:
+  batch_size: 8
+  max_steps: 40
+  check_interval: 20
+  repeats: 2
+  variants:
+    base: {}
+    slow: {step_s: 0.04}
+""")
+    spec.write_text(spec.read_text().replace("executor: {kind: slurm,", "executor: {kind: slurm, max_parallel: 2,"))
+    res = user_env.cli("compare", str(spec))
+    assert res.returncode == 0, res.stdout + res.stderr
+    run = sorted((user_env.work / "runs" / "cmpsl").iterdir())[-1]
+    rep = user_env.cli("report", str(run), "--format", "json", "--out", str(user_env.work / "rep"))
+    assert rep.returncode == 0, rep.stderr
+    data = json.loads(rep.stdout)
+    assert len(data["runs"]) == 4 and all("COMPLETED" in r["evidence"]["scheduler"] for r in data["runs"])
+    assert data["pairs"][0]["metrics"]["step_per_s"]["verdict"] == "slower"
+    assert not slurm.queue("hlrp-cmpsl")

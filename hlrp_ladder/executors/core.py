@@ -142,7 +142,7 @@ def substitute_record(request: ProbeRequest, outcome: Outcome, detail: str, log_
         pass
     record = ProbeRecord(
         batch_size=request.batch_size, phase=request.phase, repeat=request.repeat, retry=request.retry,
-        attempt=request.attempt, folder=request.folder.name, outcome=outcome,
+        variant=request.variant, attempt=request.attempt, folder=request.folder.name, outcome=outcome,
         evidence=Evidence(exit_code=exit_code, log_line=log_line, detail=detail, **(extra or {})), peaks=peaks,
         limits=Limits(metric=request.metric, rss_limit_bytes=request.rss_limit_bytes, cap_bytes=request.cap_bytes,
                       cgroup=None, cgroup_note="the probe runner wrote no record"),

@@ -4,9 +4,10 @@ A check is one function registered with :func:`check`; it gets the :class:`Conte
 :class:`Finding` (status, detail, the fix to try). Executors and later features add their own checks the same
 way. ``run`` and ``launch-overnight`` call :func:`run_checks` first; any blocking failure stops them.
 """
-from hlrp_ladder.preflight.core import (Context, Finding, build_context, check, context_hook, registry, run_checks,
-                                       table)
+from hlrp_ladder.preflight.core import (Context, Finding, build_context, check, context_hook, findings, registry,
+                                       run_checks, table)
 from hlrp_ladder.preflight import checks as _checks  # noqa: F401,E402  (registers the built-in checks)
 from hlrp_ladder.executors.slurm import checks as _slurm  # noqa: F401,E402  (the SLURM executor's own)
 
-__all__ = ["Context", "Finding", "build_context", "check", "context_hook", "registry", "run_checks", "table"]
+__all__ = ["Context", "Finding", "build_context", "check", "context_hook", "findings", "registry", "run_checks",
+           "table"]

@@ -110,6 +110,25 @@ def build_context(spec: Spec, spec_path: str = "") -> Context:
     return ctx
 
 
+def findings(spec: Spec, spec_path: str = "", variants: bool = True) -> list[Finding]:
+    """Every check of a spec, and, for a compare matrix, of each variant's own settings too: a problem a
+    variant adds (its GCS source unreachable, say) is named after it, so a blocked variant is known before the
+    matrix starts rather than by a crash in its middle."""
+    found = run_checks(build_context(spec, spec_path))
+    if not variants or spec.compare is None:
+        return found
+    from hlrp_ladder.compare import split
+
+    seen = {(f.check, f.status, f.detail) for f in found}
+    for name, items in spec.compare.variants.items():
+        overrides, env = split(items)
+        variant = spec.model_copy(update={"overrides": {**spec.overrides, **overrides}, "env": {**spec.env, **env}})
+        for f in run_checks(build_context(variant, spec_path)):
+            if (f.check, f.status, f.detail) not in seen and f.status in (FAIL, WARN):
+                found.append(Finding(f"variant {name}: {f.check}", f.status, f.detail, f.fix))
+    return found
+
+
 def table(findings: Iterable[Finding], only_problems: bool = False):
     """A rich table: check, status, detail, fix."""
     from rich.table import Table

@@ -211,7 +211,7 @@ def _finish(request: ProbeRequest, started_at: float, exited_at: float, status: 
         evidence.detail += f"; killed {leftovers} process(es) it left running"
     record = ProbeRecord(
         batch_size=request.batch_size, phase=request.phase, repeat=request.repeat, retry=request.retry,
-        attempt=request.attempt, folder=folder.name,
+        variant=request.variant, attempt=request.attempt, folder=folder.name,
         outcome=outcome, evidence=evidence, peaks=peaks,
         limits=Limits(metric=request.metric, rss_limit_bytes=request.rss_limit_bytes, cap_bytes=request.cap_bytes,
                       cgroup=str(cg) if cg else None, cgroup_note=cg_note),

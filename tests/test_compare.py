@@ -1,0 +1,201 @@
+"""compare: the variant matrix with real runs of the memory-hog fixture (known costs per variant), the deltas with
+their noise bands (pure), the apples-to-apples flags, the report in md/json/csv, resume, and preflight naming a
+blocked variant."""
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hlrp_ladder import compare
+from hlrp_ladder.spec import parse_spec
+from tests.conftest import MEMHOG, cli
+
+# ---- pure: the deltas and their noise bands ----------------------------------------------------------------------
+WORDS = ("faster", "slower")
+
+
+def test_a_clear_difference_is_called_and_its_band_leaves_out_zero():
+    d = compare.delta([100.0, 102.0, 98.0], [50.0, 51.0, 49.0], WORDS)
+    assert d.verdict == "slower" and d.delta == pytest.approx(-50.0) and d.delta_pct == pytest.approx(-50.0)
+    assert d.low_pct < d.delta_pct < d.high_pct < 0
+
+
+def test_welch_interval_matches_the_textbook():
+    # a: mean 10, var 1; b: mean 12, var 4; n=4 each: se = sqrt(1/4 + 4/4) = 1.118, df = 4.41 -> t = 2.700
+    d = compare.delta([9.0, 10.0, 11.0, 10.0 + 0.0], [10.0, 12.0, 14.0, 12.0], WORDS)
+    a_var, b_var = 2 / 3, 8 / 3  # sample variances of those four values
+    se = ((a_var + b_var) / 4) ** 0.5
+    df = ((a_var + b_var) / 4) ** 2 / ((a_var / 4) ** 2 / 3 + (b_var / 4) ** 2 / 3)
+    half = compare.t975(df) * se
+    assert d.low_pct == pytest.approx(100 * (2 - half) / 10) and d.high_pct == pytest.approx(100 * (2 + half) / 10)
+    assert d.verdict == ("faster" if 2 - half > 0 else "within noise")
+
+
+def test_noise_is_within_noise_and_one_run_has_no_band():
+    assert compare.delta([100.0, 104.0, 96.0], [101.0, 97.0, 103.0], WORDS).verdict == "within noise"
+    single = compare.delta([100.0], [120.0], WORDS)
+    assert single.verdict == "no noise band" and single.low_pct is None and single.delta_pct == pytest.approx(20)
+    assert compare.delta([], [1.0], WORDS).verdict == "no data"
+
+
+def test_t_quantiles():
+    assert compare.t975(1) == 12.706 and compare.t975(2.5) == pytest.approx((4.303 + 3.182) / 2)
+    assert compare.t975(1000) == pytest.approx(1.96)
+
+
+SEED = """name: seed
+batch_sizes: [48]
+overrides: {data: oxe_local_spe0}
+compare:
+  batch_size: 48
+  variants:
+    gcs_lim4:    {data.adapter.tf.tfds_read.source: gcs, training.validation.limit_batches: 4}
+    gcs_lim20:   {data.adapter.tf.tfds_read.source: gcs, training.validation.limit_batches: 20}
+    gcs_default: {data.adapter.tf.tfds_read.source: gcs}
+    auto_default: {data.adapter.tf.tfds_read.source: auto, data: oxe_local_language_table}
+  pairs:
+    - {a: gcs_default, b: auto_default, about: [data.adapter.tf.tfds_read.source]}
+    - {a: gcs_lim20, b: gcs_default, about: [training.validation.limit_batches]}
+"""
+
+
+def test_apples_to_apples_lists_every_difference_beyond_what_a_pair_is_about():
+    spec = parse_spec(SEED, "seed.yaml")
+    source, limit = compare.pairs(spec, 48)
+    assert source.extra == ["data"]
+    assert source.extra_text == "also differs in data=oxe_local_language_table (gcs_default: oxe_local_spe0)"
+    assert limit.extra == [] and limit.extra_text == ""
+    # by default every variant against the first, about exactly what differs: nothing extra to flag
+    spec.compare.pairs = None
+    default = compare.pairs(spec, 48)
+    assert [(p.a, p.b) for p in default] == [("gcs_lim4", "gcs_lim20"), ("gcs_lim4", "gcs_default"),
+                                             ("gcs_lim4", "auto_default")]
+    assert all(not p.extra for p in default)
+    assert default[2].about == ["data", "data.adapter.tf.tfds_read.source", "training.validation.limit_batches"]
+
+
+def test_a_variant_wins_over_the_recipe_and_the_spec():
+    spec = parse_spec(SEED, "seed.yaml")
+    argv, env = compare.effective(spec, "gcs_lim4", 48)
+    assert "training.validation.limit_batches=4" in argv and "training.max_steps=1000" in argv
+    assert argv[-1] == "data.loader.batch_size=48"
+    argv, _ = compare.effective(spec, "gcs_default", 48)
+    assert not any(a.startswith("training.validation.limit_batches=") for a in argv)  # the trainer's default
+
+
+# ---- real runs ---------------------------------------------------------------------------------------------------
+def hog_compare(tmp_path: Path, *, repeats=3, parallel=2, extra="", name="cmp") -> Path:
+    argv = [sys.executable, str(MEMHOG), "base_mb=40", "mb_per_sample=2", "step_s=0.01"]
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"""name: {name}
+command: {json.dumps(argv)}
+batch_sizes: [8]
+memory: {{rss_limit: 4GiB, sample_interval_s: 0.05}}
+executor: {{max_parallel: {parallel}}}
+runs_dir: {tmp_path / 'runs'}
+timeout_s: 60
+{extra}compare:
+  batch_size: 8
+  max_steps: 60
+  check_interval: 20
+  repeats: {repeats}
+  variants:
+    base: {{}}
+    slow: {{step_s: 0.02}}              # half the steps per second
+    bigger: {{base_mb: 160}}            # 120 MiB more
+    same: {{message: hello}}            # changes nothing that costs anything
+  pairs:
+    - {{a: base, b: slow, about: [step_s]}}
+    - {{a: base, b: bigger, about: [base_mb]}}
+    - {{a: base, b: same, about: [message]}}
+    - {{a: slow, b: bigger, about: [base_mb]}}   # also differs in step_s: flagged
+""")
+    return path
+
+
+def test_the_matrix_runs_and_the_report_finds_the_known_costs(tmp_path):
+    spec = hog_compare(tmp_path)
+    assert "  slow: " in cli("validate", str(spec)).stdout  # each variant's argv
+    res = cli("compare", str(spec), cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr
+    run = sorted((tmp_path / "runs" / "cmp").iterdir())[-1]
+    assert run.name.endswith("-compare")
+    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == sorted(
+        f"{v}-r{k}" for v in ("base", "slow", "bigger", "same") for k in (1, 2, 3))
+    rep = cli("report", str(run), "--format", "json", "--out", str(tmp_path / "rep"))
+    assert rep.returncode == 0, rep.stderr
+    data = json.loads(rep.stdout)
+    assert [v["name"] for v in data["variants"]] == ["base", "slow", "bigger", "same"]
+    assert len(data["runs"]) == 12 and all(r["outcome"] == "ok" for r in data["runs"])
+    pairs = {(p["a"], p["b"]): p for p in data["pairs"]}
+    slow = pairs[("base", "slow")]["metrics"]
+    assert slow["samples_per_s"]["verdict"] == "slower" and -60 < slow["samples_per_s"]["delta_pct"] < -40
+    assert slow["step_per_s"]["verdict"] == "slower"
+    bigger = pairs[("base", "bigger")]["metrics"]["peak_bytes"]
+    assert bigger["verdict"] == "more memory" and 110 * 2**20 < bigger["delta"] < 130 * 2**20
+    same = pairs[("base", "same")]["metrics"]
+    assert same["val_loss"]["verdict"] == "within noise" and abs(same["samples_per_s"]["delta_pct"]) < 10
+    assert pairs[("slow", "bigger")]["extra_differences"] == ["step_s"]
+    assert pairs[("base", "slow")]["extra_differences"] == []
+    md_res = cli("report", str(run), "--out", str(tmp_path / "rep"))
+    md = next((tmp_path / "rep").glob("*.md")).read_text()
+    assert "**bigger vs slow** is not apples to apples: also differs in step_s=(unset) (slow: 0.02)" in md
+    assert "**slower**" in md and "**more memory**" in md and "within noise" in md
+    assert "val loss @20" in md and (tmp_path / "rep" / f"cmp-{run.name}.png").stat().st_size > 10_000
+    csv = cli("report", str(run), "--format", "csv", "--out", str(tmp_path / "rep")).stdout
+    assert csv.splitlines()[0].startswith("variant,run,overrides,outcome")
+    assert md_res.returncode == 0
+
+
+def test_one_run_per_variant_says_no_noise_band(tmp_path):
+    spec = hog_compare(tmp_path, repeats=1, parallel=1)
+    assert cli("compare", str(spec), cwd=tmp_path, timeout=300).returncode == 0
+    run = sorted((tmp_path / "runs" / "cmp").iterdir())[-1]
+    data = json.loads(cli("report", str(run), "--format", "json", "--out", str(tmp_path / "rep")).stdout)
+    assert {m["verdict"] for p in data["pairs"] for m in p["metrics"].values()} == {"no noise band"}
+    cli("report", str(run), "--out", str(tmp_path / "rep"))
+    assert "With `repeats: 1` there is no variance to estimate" in next((tmp_path / "rep").glob("*.md")).read_text()
+
+
+def test_a_killed_compare_resumes_where_it_stopped(tmp_path, marker):
+    spec = hog_compare(tmp_path, repeats=2, parallel=1)
+    spec.write_text(spec.read_text().replace('"step_s=0.01"', f'"step_s=0.01", "{marker}"'))
+    proc = subprocess.Popen([sys.executable, "-m", "hlrp_ladder", "compare", str(spec)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list((tmp_path / "runs").glob("cmp/*/*/result.json"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    res = cli("compare", str(spec), "--resume", cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr
+    run = sorted((tmp_path / "runs" / "cmp").iterdir())[-1]
+    assert len(list(run.glob("*/result.json"))) == 8
+    assert "compare: 8 runs of 4 variants at bs=8, 8 ok" in res.stdout
+
+
+def test_preflight_names_the_blocked_variants_before_anything_starts(tmp_path, tiny_data):
+    seed = tmp_path / "seed.yaml"
+    seed.write_text(SEED.replace("overrides: {data: oxe_local_spe0}",
+                                 f"overrides: {{data: oxe_local_spe0, paths.data_dir: {tiny_data}, "
+                                 f"data.adapter.tf.tfds_read.source: local}}\n"
+                                 f"runs_dir: {tmp_path / 'runs'}\npreflight: {{network_timeout_s: 1}}"))
+    import socket
+    try:
+        socket.create_connection(("storage.googleapis.com", 443), timeout=2).close()
+        pytest.skip("GCS answers from here: nothing to block")  # not in CI: no network but the registries
+    except OSError:
+        pass
+    res = cli("compare", str(seed), cwd=tmp_path, timeout=120)
+    assert res.returncode == 4, res.stdout + res.stderr
+    assert "3 blocker(s) found" in res.stderr and "nothing was started" in res.stderr
+    assert not (tmp_path / "runs").exists()  # nothing started, not a crash in the middle of the matrix
+    found = {f["check"]: f for f in json.loads(cli("preflight", str(seed), "--json").stdout)}
+    for variant in ("gcs_lim4", "gcs_lim20", "gcs_default"):
+        assert found[f"variant {variant}: GCS"]["status"] == "fail"
+        assert "would be read from GCS (tfds_read.source=gcs)" in found[f"variant {variant}: GCS"]["detail"]
+    assert not [c for c in found if c.startswith("variant auto_default")]  # reads the local mirror
