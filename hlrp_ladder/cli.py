@@ -272,10 +272,12 @@ def status(run: Optional[str] = typer.Argument(None, help="the ladder run (defau
 @app.command("runs")
 @user_errors
 def list_runs(runs_dir: Path = typer.Option(Path("runs"), help="where runs are")):
-    """List runs, oldest first, with their status and pick."""
+    """List runs (ladders and compare matrices), oldest first, with their status and pick."""
     for root in RunStore.runs(runs_dir):
-        state = RunStore(root).state()
-        out.print(f"{root}  {state.get('status', '?'):11}  pick={state.get('pick')}  {state.get('reason', '')}",
+        store = RunStore(root)
+        state = store.state()
+        what = f"pick={state.get('pick')}" if store.kind == "ladder" else f"compare bs={state.get('batch_size')}"
+        out.print(f"{root}  {state.get('status', '?'):11}  {what}  {state.get('reason', '')}",
                   highlight=False, markup=False, soft_wrap=True)
 
 

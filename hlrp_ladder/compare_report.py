@@ -28,6 +28,7 @@ class CompareView:
     records: list[ProbeRecord]
     warnings: list[str]
     batch_size: int
+    warmup: Optional[ProbeRecord] = None     # the run before the matrix, not counted
 
     @property
     def title(self) -> str:
@@ -45,7 +46,11 @@ def load(store: RunStore) -> CompareView:
             from None
     loaded = store.load()
     state = store.state()
-    return CompareView(store, state, spec, loaded.records, loaded.warnings, int(state["batch_size"]))
+    warmup = [r for r in loaded.records if r.repeat == 0]
+    view = CompareView(store, state, spec, [r for r in loaded.records if r.repeat > 0], loaded.warnings,
+                       int(state["batch_size"]))
+    view.warmup = warmup[0] if warmup else None
+    return view
 
 
 def _overrides_text(view: CompareView, variant: str) -> str:
@@ -170,7 +175,10 @@ def markdown(view: CompareView, results: list[dict], png: Optional[str], command
         f"Produced by `{' '.join(state.get('command') or ['hlrp-ladder', 'compare', '?'])}` (started {created}, "
         f"status {state.get('status', '?')}) and `{command}`: {len(cmp.variants)} variants x {cmp.repeats} runs at "
         f"bs={view.batch_size}, {cmp.max_steps} steps, validation every {cmp.check_interval}"
-        + (f" over {cmp.limit_batches} batches" if cmp.limit_batches else " (the trainer's own batch limit)") + ".",
+        + (f" over {cmp.limit_batches} batches" if cmp.limit_batches else " (the trainer's own batch limit)") + "."
+        + (f" A warm-up run of {view.warmup.variant} came first, not counted ({view.warmup.outcome.value}, "
+           f"{view.warmup.duration_s:.0f} s): the first runs on a cold page cache are charged the libraries and "
+           f"data they read in." if view.warmup is not None else ""),
         "", "## Runs", "",
         df.astype(object).where(df.notna(), None).to_markdown(index=False, missingval="-") if not df.empty
         else "_no finished runs_", "", "## Pairs", "", noise, "",

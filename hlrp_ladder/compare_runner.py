@@ -48,12 +48,20 @@ def batch_size(spec: Spec) -> int:
                     f"pick yet (hlrp-ladder run SPEC first, or give a batch size)")
 
 
+WARMUP = "warmup"
+
+
 def build_request(spec: Spec, plan: policy.Plan, store: RunStore, bs: int, variant: str, repeat: int,
                   cpus: Optional[list[int]]) -> ProbeRequest:
+    """A run of the matrix (``repeat`` 0: the warm-up, in ``warmup/``, one validation long)."""
     cmp = spec.compare
-    folder = compare.run_folder(variant, repeat)
+    folder = compare.run_folder(variant, repeat) if repeat else WARMUP
     store.set_aside_folder(folder)
     argv, env = compare.effective(spec, variant, bs)
+    if not repeat:
+        key = spec.probe.keys.max_steps
+        argv = [f"{key}={min(cmp.check_interval, cmp.max_steps)}" if key and a.startswith(f"{key}=") else a
+                for a in argv]
     timeout = cmp.timeout_s or spec.timeout_s * max(1.0, cmp.max_steps / spec.probe.max_steps)
     return ProbeRequest(
         folder=store.root / folder, batch_size=bs, phase="compare", repeat=repeat, variant=variant,
@@ -103,25 +111,36 @@ def run_compare(spec: Spec, view: LiveView, resume: Optional[str] = None,
         from hlrp_ladder import host
 
         executor.configure(facts if resume is None else host.facts(plan.cap_bytes))
-    records = store.load().records
-    have = {r.folder for r in records}
-    pending = [(v, k) for v in spec.compare.variants for k in range(1, spec.compare.repeats + 1)
+    loaded = store.load().records
+    records = [r for r in loaded if r.folder != WARMUP]
+    have = {r.folder for r in loaded}
+    # Round-robin (every variant's first run, then every second run): whatever drifts during the matrix
+    # spreads over the variants instead of posing as one's cost. The warm-up goes first, alone.
+    pending = [(v, k) for k in range(1, spec.compare.repeats + 1) for v in spec.compare.variants
                if compare.run_folder(v, k) not in have]
+    first = next(iter(spec.compare.variants))
+    if spec.compare.warmup and WARMUP not in have and records == []:
+        pending.insert(0, (first, 0))
     flight = Flight(executor, spec.executor.max_parallel, local_cores(spec), view)
     for handle in reattached:
         flight.adopt((handle.request.variant, handle.request.repeat), handle)
         pending.remove((handle.request.variant, handle.request.repeat))
 
     def collect(slot: Slot, record: ProbeRecord) -> ProbeRecord:
-        records.append(record)
+        if record.folder == WARMUP:
+            view.message(f"warm-up ({first}, not counted): {record.outcome.value}; the page cache holds what the "
+                         f"runs read in")
+        else:
+            records.append(record)
         return record
 
     with StopFlag() as stop:
         while not stop():
             flight.poll(collect)
             for index in flight.free():
-                if not pending:
-                    break
+                if not pending or (flight and pending[0][1] == 0) or WARMUP in {
+                        s.request.folder.name for s in flight.slots_in_use}:
+                    break  # the warm-up runs alone
                 variant, repeat = pending.pop(0)
                 flight.submit((variant, repeat), index, build_request(spec, plan, store, bs, variant, repeat,
                                                                      flight.cores_of(index)))

@@ -324,7 +324,7 @@ def _overnight_lines(view: RunView) -> list[str]:
         lines[-1] += f" at {st['ended_at']} after {st['elapsed_s'] / 60:.1f} min: {st['summary']}."
         lines.append(f"Evidence: {st['evidence']['detail']} (exit {st['evidence']['exit_code']}).")
     else:
-        lines[-1] += (f", {st.get('elapsed_s', 0) / 60:.1f} min in; memory {gib(st.get('rss_bytes'))} RSS now, "
+        lines[-1] += (f", {(st.get('elapsed_s') or 0) / 60:.1f} min in; memory {gib(st.get('rss_bytes'))} RSS now, "
                       f"{gib(st.get('peak_rss_bytes'))} at peak.")
     if st["metrics"]:
         lines.append(f"Last metrics: step {st['metrics'].get('step')}, val loss {st['metrics'].get('val_loss')}.")

@@ -205,6 +205,9 @@ class CompareSpec(_Strict):
     limit_batches: Optional[PositiveInt] = Field(None, description="null leaves the trainer's default (a variant "
                                                  "may set it)")
     repeats: PositiveInt = Field(2, description="runs per variant; the noise band of every delta comes from them")
+    warmup: bool = Field(True, description="one short run of the first variant before the matrix, not counted: "
+                         "the first runs on a cold page cache are charged the libraries and data they read in "
+                         "(measured: ~130 MiB more on the bundled trainer), which would pose as a variant's cost")
     timeout_s: Optional[float] = Field(None, gt=0, description="per run (default: timeout_s scaled by max_steps)")
     variants: dict[Annotated[str, Field(pattern=VARIANT_NAME)], dict[str, Scalar]] = Field(
         ..., min_length=1, description="name -> overrides (key: value; 'env.NAME: value' sets an environment "

@@ -125,7 +125,9 @@ def test_the_matrix_runs_and_the_report_finds_the_known_costs(tmp_path):
     run = sorted((tmp_path / "runs" / "cmp").iterdir())[-1]
     assert run.name.endswith("-compare")
     assert sorted(p.name for p in run.iterdir() if p.is_dir()) == sorted(
-        f"{v}-r{k}" for v in ("base", "slow", "bigger", "same") for k in (1, 2, 3))
+        [f"{v}-r{k}" for v in ("base", "slow", "bigger", "same") for k in (1, 2, 3)] + ["warmup"])
+    warm = json.loads((run / "warmup" / "result.json").read_text())
+    assert warm["variant"] == "base" and warm["repeat"] == 0 and warm["metrics"]["last_step"] == 20
     rep = cli("report", str(run), "--format", "json", "--out", str(tmp_path / "rep"))
     assert rep.returncode == 0, rep.stderr
     data = json.loads(rep.stdout)
@@ -174,7 +176,7 @@ def test_a_killed_compare_resumes_where_it_stopped(tmp_path, marker):
     res = cli("compare", str(spec), "--resume", cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr
     run = sorted((tmp_path / "runs" / "cmp").iterdir())[-1]
-    assert len(list(run.glob("*/result.json"))) == 8
+    assert len(list(run.glob("*-r*/result.json"))) == 8 and (run / "warmup" / "result.json").exists()
     assert "compare: 8 runs of 4 variants at bs=8, 8 ok" in res.stdout
 
 
