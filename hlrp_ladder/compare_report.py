@@ -14,8 +14,8 @@ import pandas as pd
 from hlrp_ladder import compare
 from hlrp_ladder.records import ProbeRecord
 from hlrp_ladder.sizes import GIB, gib
-from hlrp_ladder.spec import Spec, load_yaml
-from hlrp_ladder.store import SPEC_SNAPSHOT, RunStore, StoreError, atomic_write
+from hlrp_ladder.spec import Spec
+from hlrp_ladder.store import RunStore, atomic_write
 
 LABELS = {"samples_per_s": "samples/s", "step_per_s": "step/s", "peak_bytes": "peak", "val_loss": "final val loss"}
 
@@ -39,11 +39,7 @@ class CompareView:
 
 
 def load(store: RunStore) -> CompareView:
-    try:
-        spec = Spec.model_validate(load_yaml((store.root / SPEC_SNAPSHOT).read_text()))
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{store.root / SPEC_SNAPSHOT}: unreadable spec snapshot ({str(exc).splitlines()[0]})") \
-            from None
+    spec = store.snapshot()
     loaded = store.load()
     state = store.state()
     warmup = [r for r in loaded.records if r.repeat == 0]

@@ -19,7 +19,7 @@ from typing import Optional
 
 from hlrp_ladder import compare, policy
 from hlrp_ladder.flight import POLL_S, Flight, Slot
-from hlrp_ladder.ladder import RunResult, interrupted, local_cores, prepare, resolve_plan
+from hlrp_ladder.ladder import RunResult, interrupted, local_cores, prepare, reattach, resolve_plan
 from hlrp_ladder.live import LiveView
 from hlrp_ladder.probe.cgroup import safe_name
 from hlrp_ladder.records import ProbeRecord, ProbeRequest
@@ -97,14 +97,7 @@ def run_compare(spec: Spec, view: LiveView, resume: Optional[str] = None,
             raise StoreError(f"{store.root}: the spec changed since this compare run started; start a new one")
         store.lock()
         bs, plan = int(state["batch_size"]), policy.Plan.from_json(state["plan"])
-        for folder in store.unfinished():
-            handle = executor.reattach(folder)
-            if handle is not None:
-                reattached.append(handle)
-                view.message(f"resume: {folder.name}: {handle.describe()} still running or finished meanwhile; "
-                             f"re-attached")
-        for note in store.set_aside(skip={h.request.folder.name for h in reattached}, cleanup=executor.cleanup):
-            view.message(f"resume: {note}")
+        reattached = reattach(store, executor, view)
         store.write_state(status="running")
         facts = state.get("host") or {}
     if spec.executor.kind == "local":

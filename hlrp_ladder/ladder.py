@@ -120,6 +120,19 @@ def open_run(spec: Spec, executor: Executor, resume: Optional[str], command_line
         raise StoreError(f"{store.root}: the spec changed since this run started; start a new run instead "
                          f"of resuming")
     store.lock()
+    running = reattach(store, executor, view)
+    if state.get("plan"):
+        plan = policy.Plan.from_json(state["plan"])
+    else:  # a run from before plans were stored: resolve now, and keep it
+        plan, facts, _ = resolve_plan(spec, executor_facts)
+        store.write_state(plan=plan.to_json(), host=facts)
+    store.write_state(status="running")
+    return store, plan, running
+
+
+def reattach(store: RunStore, executor: Executor, view: LiveView) -> list[Handle]:
+    """On resume: the probes still running (a SLURM job outlives an orchestrator that was killed), or finished
+    meanwhile, re-attached; every other probe that gave no verdict set aside after killing what it left."""
     running = []
     for folder in store.unfinished():
         handle = executor.reattach(folder)
@@ -129,13 +142,7 @@ def open_run(spec: Spec, executor: Executor, resume: Optional[str], command_line
                          f"re-attached")
     for note in store.set_aside(skip={h.request.folder.name for h in running}, cleanup=executor.cleanup):
         view.message(f"resume: {note}")
-    if state.get("plan"):
-        plan = policy.Plan.from_json(state["plan"])
-    else:  # a run from before plans were stored: resolve now, and keep it
-        plan, facts, _ = resolve_plan(spec, executor_facts)
-        store.write_state(plan=plan.to_json(), host=facts)
-    store.write_state(status="running")
-    return store, plan, running
+    return running
 
 
 def run_ladder(spec: Spec, view: LiveView, resume: Optional[str] = None,

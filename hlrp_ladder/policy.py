@@ -195,16 +195,16 @@ def search(plan: Plan, tries: dict[Key, list[ProbeRecord]]) -> Search:
     for bs in sizes:
         if states[bs].state == "retry":
             return Search(again(bs), [], None)
-    if plan.refine == "model" and plan.limit_bytes is not None:
-        found = _model_search(plan, sizes, states)
-        if found is not None:
-            return found
     failures = sorted(bs for bs in sizes if states[bs].state == "memory")
     hi = failures[0] if failures else None
     ok = sorted(bs for bs in sizes if states[bs].state == "ok" and (hi is None or bs < hi))
     stuck = next((states[bs].record for bs in sizes if states[bs].state == "inconclusive"), None)
     if stuck is not None:
         return Search(None, [bs for bs in ok if bs < stuck.batch_size], None, stuck)
+    if plan.refine == "model" and plan.limit_bytes is not None:
+        found = _model_search(plan, sizes, states, failures, ok)
+        if found is not None:
+            return found
     for bs in (sizes[0], sizes[-1]):
         if states[bs].state == "missing":
             return Search(Rung(bs), [], None)
@@ -219,19 +219,15 @@ def search(plan: Plan, tries: dict[Key, list[ProbeRecord]]) -> Search:
     return Search(None, ok, states[hi].record)
 
 
-def _model_search(plan: Plan, sizes: list[int], states: dict[int, Slot]) -> Optional[Search]:
+def _model_search(plan: Plan, sizes: list[int], states: dict[int, Slot], failures: list[int],
+                  ok: list[int]) -> Optional[Search]:
     """refine: model. The first two rungs, then a line through the passing peaks (``memory_model``): probe the
     largest grid size it puts under the limit less its margin, then the one above — unless three or more rungs
     lie on the line and it puts that one clearly over: then it is left unprobed, and the verdict says so. None
     when the line is no good (memory that does not grow, or points off the line): bisection decides then."""
     from hlrp_ladder import memory_model
 
-    failures = sorted(bs for bs in sizes if states[bs].state == "memory")
     hi = failures[0] if failures else None
-    ok = sorted(bs for bs in sizes if states[bs].state == "ok" and (hi is None or bs < hi))
-    stuck = next((states[bs].record for bs in sizes if states[bs].state == "inconclusive"), None)
-    if stuck is not None:
-        return Search(None, [bs for bs in ok if bs < stuck.batch_size], None, stuck)
     hi_rec = states[hi].record if hi is not None else None
     for bs in sizes[:2]:
         if states[bs].state == "missing" and (hi is None or bs < hi):

@@ -12,8 +12,8 @@ import pandas as pd
 from hlrp_ladder import policy
 from hlrp_ladder.records import ProbeRecord
 from hlrp_ladder.sizes import GIB, gib
-from hlrp_ladder.spec import Spec, load_yaml
-from hlrp_ladder.store import SPEC_SNAPSHOT, RunStore, StoreError, atomic_write
+from hlrp_ladder.spec import Spec
+from hlrp_ladder.store import RunStore, atomic_write
 
 
 @dataclass
@@ -33,11 +33,7 @@ class RunView:
 
 
 def load_run(store: RunStore) -> RunView:
-    try:
-        spec = Spec.model_validate(load_yaml((store.root / SPEC_SNAPSHOT).read_text()))
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{store.root / SPEC_SNAPSHOT}: unreadable spec snapshot ({str(exc).splitlines()[0]})") \
-            from None
+    spec = store.snapshot()
     loaded = store.load()
     records = sorted(loaded.records, key=lambda r: r.started_at)
     plan, warning = store.plan(spec)

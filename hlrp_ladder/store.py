@@ -127,6 +127,16 @@ class RunStore:
         current.update(fields, updated=time.time())
         write_json(path, current)
 
+    def snapshot(self) -> Spec:
+        """The spec as the run saved it (secrets masked)."""
+        from hlrp_ladder.spec import load_yaml
+
+        try:
+            return Spec.model_validate(load_yaml((self.root / SPEC_SNAPSHOT).read_text()))
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{self.root / SPEC_SNAPSHOT}: unreadable spec snapshot "
+                             f"({str(exc).splitlines()[0]})") from None
+
     def plan(self, spec: Spec) -> tuple[policy.Plan, Optional[str]]:
         """The plan the run is judged by: the one stored when it started; for an older run that has none, the
         spec resolved on this machine, with a warning saying so."""

@@ -84,6 +84,16 @@ def wait(handle: Handle, should_stop: Optional[ShouldStop] = None, poll_s: float
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+def open_folder(request: ProbeRequest) -> None:
+    """What every submit does first: the probe folder, used once, with its request.json."""
+    from hlrp_ladder.probe.node import write_request
+
+    request.folder.mkdir(parents=True, exist_ok=True)
+    if (request.folder / "result.json").exists():
+        raise FileExistsError(f"{request.folder / 'result.json'} exists: a probe folder is used once")
+    write_request(request.folder, request)
+
+
 def read_json(path: Path) -> Optional[dict]:
     try:
         return json.loads(path.read_text())

@@ -21,8 +21,8 @@ from typing import Optional
 
 import psutil
 
-from hlrp_ladder.executors.core import SUBMITTED, read_json, read_record, substitute_record
-from hlrp_ladder.probe.node import RUNNER, read_request, write_env_file, write_request
+from hlrp_ladder.executors.core import SUBMITTED, open_folder, read_json, read_record, substitute_record
+from hlrp_ladder.probe.node import RUNNER, read_request, write_env_file
 from hlrp_ladder.records import Outcome, ProbeRecord, ProbeRequest
 from hlrp_ladder.store import RESULT, kill_leftovers, write_json
 
@@ -160,10 +160,7 @@ class LocalExecutor:
         tmux is installed, else in a session of its own; it outlives the orchestrator."""
         request = self.prepare(request)
         folder = request.folder
-        folder.mkdir(parents=True, exist_ok=True)
-        if (folder / RESULT).exists():
-            raise FileExistsError(f"{folder / RESULT} exists: a probe folder is used once")
-        write_request(folder, request)
+        open_folder(request)
         argv = [sys.executable, "-m", "hlrp_ladder.probe", str(folder)]
         submitted_at = time.time()
         info: dict = {"executor": self.name, "host": platform.node(), "submitted_at": submitted_at,

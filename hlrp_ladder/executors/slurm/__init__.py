@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from hlrp_ladder.executors.core import SUBMITTED, read_json, read_record, substitute_record
+from hlrp_ladder.executors.core import SUBMITTED, open_folder, read_json, read_record, substitute_record
 from hlrp_ladder.executors.slurm import commands
 from hlrp_ladder.executors.slurm.commands import Job, SlurmError
 from hlrp_ladder.executors.slurm.states import merge
-from hlrp_ladder.probe.node import RUNNER, read_request, write_request
+from hlrp_ladder.probe.node import RUNNER, read_request
 from hlrp_ladder.records import Outcome, ProbeRecord, ProbeRequest
 from hlrp_ladder.spec import SlurmSettings
 from hlrp_ladder.store import RESULT, write_json
@@ -190,10 +190,7 @@ class SlurmExecutor:
         changes nothing here). A rejected submission is the probe's record, with sbatch's own line."""
         request = self.prepare(request)
         folder = request.folder
-        folder.mkdir(parents=True, exist_ok=True)
-        if (folder / RESULT).exists():
-            raise FileExistsError(f"{folder / RESULT} exists: a probe folder is used once")
-        write_request(folder, request)
+        open_folder(request)
         script = folder / JOB_SCRIPT
         script.write_text(job_script(folder))
         script.chmod(0o755 & ~_umask())
