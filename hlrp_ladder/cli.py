@@ -176,19 +176,18 @@ def report(run: Optional[str] = typer.Argument(None, help="run folder, NAME/RUN-
            runs_dir: Path = typer.Option(Path("runs"), help="where runs are (default ./runs)"),
            spec_path: Optional[Path] = typer.Option(None, "--spec", help="take runs_dir and name from a spec"),
            out_dir: Path = typer.Option(Path("reports"), "--out", help="where reports are written")):
-    """Write reports/<name>-<run-id>.md (or .json/.csv) for a run and print its table."""
-    from hlrp_ladder import report as reports
+    """Write reports/<name>-<run-id>.md (or .json/.csv) for a run (a ladder or a compare matrix) and print its
+    table."""
+    from hlrp_ladder import compare_report
+    from hlrp_ladder import report as ladder_report
 
     name = None
     if spec_path is not None:
         spec = load_spec(spec_path)
         runs_dir, name = Path(spec.runs_dir), spec.name
     store = RunStore.find(runs_dir, run, name)
-    if store.kind == "compare":
-        from hlrp_ladder import compare_report as reports
-        view = reports.load(store)
-    else:
-        view = reports.load_run(store)
+    reports = compare_report if store.kind == "compare" else ladder_report
+    view = compare_report.load(store) if store.kind == "compare" else ladder_report.load_run(store)
     path = reports.write(view, out_dir, fmt.value, shlex.join(["hlrp-ladder", "report", *sys.argv[2:]]))
     if fmt == Format.md:
         # Off a terminal rich assumes 80 columns, which folds every cell; a report table wants its width.

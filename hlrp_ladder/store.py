@@ -19,7 +19,7 @@ import yaml
 from pydantic import ValidationError
 
 from hlrp_ladder import policy
-from hlrp_ladder.files import RESULT, RUNNING, atomic_write, umask, write_json, write_json_once  # noqa: F401
+from hlrp_ladder.files import RESULT, RUNNING, atomic_write, write_json
 from hlrp_ladder.probe import cgroup as cgroups
 from hlrp_ladder.records import MARKER_ENV, Outcome, ProbeRecord
 from hlrp_ladder.spec import Spec

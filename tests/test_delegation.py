@@ -3,7 +3,6 @@ with a real kernel cap inside it, and a real OOM kill classified; without delega
 and goes on with the soft limit. Percentages resolve against what the process can really use."""
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 

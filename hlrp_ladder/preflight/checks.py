@@ -10,8 +10,6 @@ import threading
 from pathlib import Path
 from typing import Iterator, Optional
 
-import psutil
-
 from hlrp_ladder.preflight.core import FAIL, OK, SKIP, WARN, Context, Finding, check
 from hlrp_ladder.sizes import gib
 

@@ -78,7 +78,7 @@ def run_probe(request: ProbeRequest, on_sample: Optional[OnSample] = None,
     if (folder / RESULT).exists():
         raise FileExistsError(f"{folder / RESULT} exists: a probe folder is used once")
     marker = request.probe_id or uuid.uuid4().hex
-    metrics_path, log_path = folder / "metrics.jsonl", folder / "log.txt"
+    metrics_path = folder / "metrics.jsonl"
     env_diff = _env_diff(request, metrics_path, marker)
     write_json(folder / "argv.json", {"argv": mask_argv(request.argv), "env": mask(env_diff), "cwd": request.cwd})
 

@@ -299,6 +299,6 @@ def _expand(nodes: str) -> set[str]:
 
 
 def _umask() -> int:
-    from hlrp_ladder.store import umask
+    from hlrp_ladder.files import umask
 
     return umask()

@@ -134,8 +134,6 @@ with open({answer!r}, "w") as f:
 def shared_runs_dir(ctx: Context) -> Iterator[Finding]:
     if not _slurm(ctx) or not _ready(ctx):
         return
-    from hlrp_ladder.executors.slurm import SlurmExecutor
-
     base = Path(ctx.spec.runs_dir).expanduser()
     try:
         base.mkdir(parents=True, exist_ok=True)
