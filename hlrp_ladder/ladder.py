@@ -21,7 +21,7 @@ from hlrp_ladder.probe import cgroup as cgroups
 from hlrp_ladder.probe.cgroup import safe_name
 from hlrp_ladder.records import Outcome, ProbeRecord, ProbeRequest
 from hlrp_ladder.schedule import schedule
-from hlrp_ladder.spec import Spec
+from hlrp_ladder.spec import Recipe, Spec
 from hlrp_ladder.signals import StopFlag
 from hlrp_ladder.sizes import gib
 from hlrp_ladder.store import RESULT, RunStore, StoreError, probe_folder_name, write_json
@@ -77,6 +77,35 @@ def build_request(spec: Spec, plan: policy.Plan, store: RunStore, rung: policy.R
         kill_grace_s=spec.kill_grace_s, cgroup_name=safe_name(f"{spec.name}-{store.root.name}-{folder}"),
         probe_id=f"{spec.name}/{store.root.name}/{folder}/{uuid.uuid4().hex[:12]}",
         check_interval=recipe.check_interval, metrics_regex=spec.metrics_regex, cpus=cpus)
+
+
+WARMUP = "warmup"
+
+
+def warmup_request(spec: Spec, plan: policy.Plan, store: RunStore, cpus: Optional[list[int]]) -> ProbeRequest:
+    """The warm-up: the first rung for a few steps and one validation (when the recipe's keys let us say so), in
+    ``warmup/``, outside the ladder's records."""
+    rung = policy.Rung(min(spec.batch_sizes), "warmup")
+    short = Recipe(max_steps=min(5, spec.probe.max_steps), check_interval=min(5, spec.probe.max_steps),
+                   limit_batches=1, keys=spec.probe.keys)
+    request = build_request(spec, plan, store, policy.Rung(rung.batch_size), cpus)
+    return request.model_copy(update={"folder": store.root / WARMUP, "phase": "warmup",
+                                      "argv": spec.argv(rung.batch_size, short), "check_interval": 5})
+
+
+def run_warmup(spec: Spec, plan: policy.Plan, store: RunStore, flight: Flight, view: LiveView, stop) -> None:
+    """Run the warm-up alone and wait for it; what it measured does not count."""
+    def collect(slot: Slot, record: ProbeRecord) -> ProbeRecord:
+        view.message(f"warm-up (bs={record.batch_size}, not counted): {record.outcome.value} after "
+                     f"{record.duration_s:.0f} s; the page cache now holds what the probes read in")
+        return record
+
+    flight.submit(WARMUP, 0, warmup_request(spec, plan, store, flight.cores_of(0)))
+    while flight and not stop():
+        flight.poll(collect)
+        time.sleep(POLL_S)
+    if stop() and flight:
+        flight.stop(collect)
 
 
 def resolve_plan(spec: Spec, executor_facts: Optional[dict] = None) -> tuple[policy.Plan, dict, list[str]]:
@@ -213,6 +242,8 @@ def _run(spec: Spec, view: LiveView, resume: Optional[str], command_line: list[s
         return record
 
     with StopFlag() as stop:
+        if spec.warmup and resume is None:
+            run_warmup(spec, plan, store, flight, view, stop)
         while not stop():
             flight.poll(collect)
             now = schedule(plan, records, flight.tags(), flight.slots)

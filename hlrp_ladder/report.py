@@ -237,6 +237,17 @@ def memory_fit(view: RunView) -> Optional[dict]:
             "limit_at_bs": beyond, "largest_grid_bs": largest, "throughput_knee_bs": knee, "sentence": sentence}
 
 
+def _warmup_text(view: RunView) -> str:
+    from hlrp_ladder.executors.core import read_record
+
+    warm = read_record(view.store.root / "warmup")
+    if warm is None:
+        return ""
+    return (f" A warm-up probe of bs={warm.batch_size} came first, not counted ({warm.outcome.value}, "
+            f"{warm.duration_s:.0f} s, {gib(warm.peak_bytes)}): the first probe on a cold page cache is charged the "
+            f"libraries and data it reads in.")
+
+
 def _host_text(host: Optional[dict]) -> str:
     """Where the ladder ran, as stored when it started (a report may be written anywhere)."""
     if not host:
@@ -262,7 +273,8 @@ def markdown(view: RunView, png_name: Optional[str], report_command: str,
         f"# Ladder report: {view.spec.name} / {view.store.root.name}",
         "",
         f"Produced by `{' '.join(state.get('command') or ['hlrp-ladder', 'run', '?'])}` (started {created}, "
-        f"status {state.get('status', '?')}) and `{report_command}`. {_host_text(state.get('host'))}",
+        f"status {state.get('status', '?')}) and `{report_command}`. {_host_text(state.get('host'))}"
+        + _warmup_text(view),
         "",
         f"**{head}: {'bs=' + str(view.verdict.pick) if view.verdict.pick is not None else 'none'}** — "
         f"{view.verdict.reason.rstrip('.')}.",

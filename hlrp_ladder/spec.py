@@ -282,6 +282,9 @@ class Spec(_Strict):
     retries: int = Field(1, ge=0, le=5, description="runs again of a probe that ended inconclusive (error, timeout: "
                          "not a memory verdict), each in its own folder, before the run ends inconclusive")
     forecast: ForecastConfig = ForecastConfig()
+    warmup: bool = Field(True, description="a short probe of the first rung before the ladder, not counted: the "
+                         "first probe on a cold page cache is charged the libraries and data it reads in (on a "
+                         "fresh clone the demo's bs=8 peaked at the whole 1.25 GiB cap; warm, 0.97 GiB)")
     overnight: Optional[Overnight] = None
     preflight: Preflight = Preflight()
     executor: ExecutorSpec = ExecutorSpec()

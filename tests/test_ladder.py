@@ -38,7 +38,10 @@ def test_ladder_stops_at_the_first_kernel_oom_and_reports(tmp_path, need_cgroup)
     assert "bs=16 oom_killed" in res.stdout
     run = run_dir(tmp_path)
     assert sorted(p.name for p in run.iterdir()) == [".lock", "bs-0002", "bs-0004", "bs-0008", "bs-0016",
-                                                      "ladder.json", "spec.yaml"]
+                                                      "ladder.json", "spec.yaml", "warmup"]
+    warm = json.loads((run / "warmup" / "result.json").read_text())  # the first rung, a few steps, not counted
+    assert warm["phase"] == "warmup" and warm["batch_size"] == 2 and warm["metrics"]["last_step"] == 5
+    assert "warm-up (bs=2, not counted): ok" in res.stderr
     state = json.loads((run / "ladder.json").read_text())
     assert state["status"] == "done" and state["pick"] == 8
 

@@ -18,13 +18,14 @@ def spec(tmp_path: Path, name: str, *, parallel: int, cap="250MiB", extra="", ar
                     f"probe: {{max_steps: 30, check_interval: 10, limit_batches: 1}}\n"
                     f"stress: {{max_steps: 120, check_interval: 30, limit_batches: 1}}\n"
                     f"memory: {{rss_limit: 4GiB, cap: {cap}, sample_interval_s: 0.05}}\n"
-                    f"executor: {{max_parallel: {parallel}}}\nruns_dir: {tmp_path / 'runs'}\ntimeout_s: 60\n{extra}")
+                    f"executor: {{max_parallel: {parallel}}}\nruns_dir: {tmp_path / 'runs'}\ntimeout_s: 60\n"
+                    f"warmup: false\n{extra}")
     return path
 
 
 def records(tmp_path: Path, name: str) -> dict[str, dict]:
     run = sorted((tmp_path / "runs" / name).iterdir())[-1]
-    return {p.parent.name: json.loads(p.read_text()) for p in run.glob("*/result.json")}
+    return {p.parent.name: json.loads(p.read_text()) for p in run.glob("bs-*/result.json")}
 
 
 def test_two_slots_pick_what_one_slot_picks_each_probe_on_its_own_core(tmp_path, need_cgroup):

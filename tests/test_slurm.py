@@ -22,7 +22,8 @@ def write_spec(env, name: str, *, kind="slurm", args=(), batch_sizes="[2, 4, 8, 
     path.write_text(f"name: {name}\ncommand: {json.dumps(argv)}\nbatch_sizes: {batch_sizes}\n"
                     f"probe: {{max_steps: 20, check_interval: 10, limit_batches: 1}}\n"
                     f"memory: {{rss_limit: 4GiB, cap: {cap}, sample_interval_s: 0.05}}\n"
-                    f"runs_dir: {runs or env.work / 'runs'}\ntimeout_s: {timeout_s}\n{slurm_line}{extra}")
+                    f"runs_dir: {runs or env.work / 'runs'}\ntimeout_s: {timeout_s}\nwarmup: false\n"
+                    f"{slurm_line}{extra}")
     os.chmod(path, 0o644)
     return path
 
@@ -226,7 +227,7 @@ def test_two_slots_run_two_jobs_at_once_with_the_same_pick(slurm, user_env):
     assert res.returncode == 0, res.stdout + res.stderr
     assert "pick: bs=8" in res.stdout  # what the sequential ladder picks (test_the_same_spec_...)
     run = run_dir(user_env, "par")
-    recs = sorted((json.loads(p.read_text()) for p in run.glob("*/result.json")), key=lambda r: r["started_at"])
+    recs = sorted((json.loads(p.read_text()) for p in run.glob("bs-*/result.json")), key=lambda r: r["started_at"])
     assert any(a["ended_at"] > b["started_at"] for a, b in zip(recs, recs[1:]))  # two jobs at once
     assert not slurm.queue("hlrp-par")
 

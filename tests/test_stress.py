@@ -20,7 +20,7 @@ def spec(tmp_path: Path, *, args, cap, stress="{max_steps: 220, check_interval: 
 
 def records(tmp_path: Path) -> dict[str, dict]:
     run = sorted((tmp_path / "runs" / "st").iterdir())[-1]
-    return {p.parent.name: json.loads(p.read_text()) for p in run.glob("*/result.json")}
+    return {p.parent.name: json.loads(p.read_text()) for p in run.glob("bs-*/result.json")}
 
 
 def test_stress_kill_rejects_the_candidate_and_the_next_lower_rung_is_stressed(tmp_path, need_cgroup):
