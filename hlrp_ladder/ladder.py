@@ -90,7 +90,8 @@ def warmup_request(spec: Spec, plan: policy.Plan, store: RunStore, cpus: Optiona
                    limit_batches=1, keys=spec.probe.keys)
     request = build_request(spec, plan, store, policy.Rung(rung.batch_size), cpus)
     return request.model_copy(update={"folder": store.root / WARMUP, "phase": "warmup",
-                                      "argv": spec.argv(rung.batch_size, short), "check_interval": 5})
+                                      "argv": spec.argv(rung.batch_size, short), "check_interval": 5,
+                                      "cap_bytes": policy.warmup_cap(plan)})
 
 
 def run_warmup(spec: Spec, plan: policy.Plan, store: RunStore, flight: Flight, view: LiveView, stop) -> None:

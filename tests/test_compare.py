@@ -201,3 +201,17 @@ def test_preflight_names_the_blocked_variants_before_anything_starts(tmp_path, t
         assert found[f"variant {variant}: GCS"]["status"] == "fail"
         assert "would be read from GCS (tfds_read.source=gcs)" in found[f"variant {variant}: GCS"]["detail"]
     assert not [c for c in found if c.startswith("variant auto_default")]  # reads the local mirror
+
+
+def test_the_warm_up_run_gets_room_for_the_cache_and_the_counted_runs_the_cap(tmp_path):
+    from hlrp_ladder import compare_runner
+    from hlrp_ladder.store import RunStore
+    text = hog_compare(tmp_path).read_text().replace("rss_limit: 4GiB,", "rss_limit: 4GiB, cap: 200MiB,")
+    spec = parse_spec(text, "cmp.yaml")
+    plan = spec.plan()
+    store = RunStore.create(spec, ["hlrp-ladder", "compare"], plan.to_json(), kind="compare")
+    warm = compare_runner.build_request(spec, plan, store, 8, "base", 0, None)
+    counted = compare_runner.build_request(spec, plan, store, 8, "base", 1, None)
+    assert plan.cap_bytes == 200 * 2**20
+    assert (warm.cap_bytes, counted.cap_bytes) == (400 * 2**20, 200 * 2**20)
+    assert warm.folder.name == "warmup" and counted.folder.name == "base-r1"

@@ -43,6 +43,9 @@ def test_ladder_stops_at_the_first_kernel_oom_and_reports(tmp_path, need_cgroup)
     assert warm["phase"] == "warmup" and warm["batch_size"] == 2 and warm["metrics"]["last_step"] == 5
     assert "warm-up (bs=2, not counted): ok" in res.stderr
     state = json.loads((run / "ladder.json").read_text())
+    cap = state["plan"]["cap_bytes"]
+    assert json.loads((run / "warmup" / "request.json").read_text())["cap_bytes"] == 2 * cap  # room for the cache
+    assert json.loads((run / "bs-0002" / "request.json").read_text())["cap_bytes"] == cap
     assert state["status"] == "done" and state["pick"] == 8
 
     rep = cli("report", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "reports"), cwd=tmp_path)

@@ -94,6 +94,14 @@ def test_headroom_rejects_a_pick_too_close_to_the_cap():
     assert "bs=24 peak 1.20 GiB leaves 51 MiB free under the 1.25 GiB cap, less than the 100 MiB headroom" in v.reason
 
 
+def test_warmup_gets_twice_the_cap_within_the_soft_limit():
+    # the warm-up must not be squeezed to the cap (the kernel would evict the page cache it exists to fill)
+    assert policy.warmup_cap(policy.Plan([8], cap_bytes=GIB, rss_limit_bytes=20 * GIB)) == 2 * GIB
+    assert policy.warmup_cap(policy.Plan([8], cap_bytes=GIB, rss_limit_bytes=GIB * 3 // 2)) == GIB * 3 // 2
+    assert policy.warmup_cap(policy.Plan([8], cap_bytes=GIB, rss_limit_bytes=GIB // 2)) == GIB  # never below
+    assert policy.warmup_cap(policy.Plan([8], rss_limit_bytes=GIB)) is None                   # no cap, none
+
+
 def test_repeats_must_all_pass_for_the_top_rung():
     plan = policy.Plan(batch_sizes=LADDER, repeats=3, limit_bytes=int(1.25 * GIB))
     assert policy.next_rung(plan, ONE_VAL) == policy.Rung(24, "repeat", 2)
