@@ -60,6 +60,11 @@ def fit_growth(points: Sequence[tuple[int, int]], cycle_steps: int, warmup: int 
     return Fit("growth" if growing else "plateau", effective, effective * cycle_steps, r2, scatter, len(pts), slope)
 
 
+def point_bytes(point, domain: str) -> Optional[int]:
+    """A validation end's memory in the forecast's ``domain`` (rss | cgroup | working set)."""
+    return {"rss": point.rss_bytes, "cgroup": point.cgroup_bytes, "working set": point.working_set_bytes}[domain]
+
+
 def assess(rec, *, cycle_steps: int, warmup: int, long_run_steps: Optional[int], long_run_interval: int,
            limit_bytes: Optional[int], limit_name: str, headroom_bytes: int):
     """A stress record's :class:`~hlrp_ladder.records.Forecast`: fit, both extrapolations, and whether it fits.
@@ -72,8 +77,10 @@ def assess(rec, *, cycle_steps: int, warmup: int, long_run_steps: Optional[int],
     from hlrp_ladder.sizes import gib
 
     domain = "cgroup" if rec.limits.cap_bytes is not None and rec.peaks.kernel_bytes is not None else "rss"
+    if domain == "cgroup" and rec.peaks.working_set_sampled_bytes is not None:
+        domain = "working set"  # as fit_peak judges: page cache (a log, a checkpoint written) is no leak
     vals = rec.metrics.val_points
-    points = [(p.step, p.cgroup_bytes if domain == "cgroup" else p.rss_bytes) for p in vals]
+    points = [(p.step, point_bytes(p, domain)) for p in vals]
     points = [(s, b) for s, b in points if b is not None]
     fit = fit_growth(points, cycle_steps, warmup)
     peak = fit_peak(rec)

@@ -66,6 +66,7 @@ class Peaks(_Model):
     sampled_rss_bytes: int = 0               # max over samples of the tree's summed RSS
     sampled_pss_bytes: Optional[int] = None  # max over samples of the tree's summed PSS (metric: pss)
     cgroup_sampled_bytes: Optional[int] = None
+    working_set_sampled_bytes: Optional[int] = None  # max over samples of cgroup usage less inactive file cache
     gpu_sampled_bytes: Optional[int] = None  # max GPU memory of the tree's processes (NVML), where there is a GPU
     max_procs: int = 0
     samples: int = 0
@@ -87,6 +88,7 @@ class ValPoint(_Model):
     val_loss: Optional[float] = None
     rss_bytes: Optional[int] = None          # tree RSS of the latest sample at or before the validation end
     cgroup_bytes: Optional[int] = None
+    working_set_bytes: Optional[int] = None  # the cgroup's usage less its inactive file cache, same sample
 
 
 class Metrics(_Model):
@@ -135,7 +137,7 @@ class Forecast(_Model):
     extrapolated with its own count — the long run's validations, the long run's steps — and the worse one is
     judged. With ``overnight.check_interval == stress.check_interval`` both give the same answer."""
     kind: str                                # plateau | growth | insufficient | no_long_run
-    domain: str                              # "cgroup" (charge, against the cap) or "rss" (against rss_limit)
+    domain: str                              # "working set" or "cgroup" (against the cap), "rss" (rss_limit)
     slope_mib_per_cycle: float = 0.0         # per validation cycle of the stress recipe
     slope_mib_per_step: float = 0.0
     raw_slope_mib_per_cycle: float = 0.0     # before the plateau test

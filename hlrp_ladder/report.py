@@ -9,7 +9,7 @@ from typing import Optional
 
 import pandas as pd
 
-from hlrp_ladder import policy
+from hlrp_ladder import forecast, policy
 from hlrp_ladder.records import ProbeRecord
 from hlrp_ladder.sizes import GIB, gib
 from hlrp_ladder.spec import Spec
@@ -50,14 +50,19 @@ def _round(value: Optional[float], digits: int = 2) -> Optional[float]:
 
 
 def frame(view: RunView) -> pd.DataFrame:
-    """One row per probe. Columns: peaks in GiB (kernel = exact high-water mark; sampled = the monitor's max),
-    % of the cap (kernel peak / cap) and of the soft limit (sampled / rss_limit), duration, rates, val loss."""
+    """One row per probe. Columns: peaks in GiB (kernel = the cgroup's exact charged high-water mark; working
+    set = the sampled peak of that charge less inactive file cache, what a cap judges; sampled = the monitor's
+    max of the tree's RSS), % of the cap (kernel peak / cap) and of the soft limit (sampled / rss_limit),
+    duration, rates, val loss."""
     rows = []
     for rec in view.records:
         sampled = rec.peaks.sampled_pss_bytes if rec.limits.metric == "pss" else rec.peaks.sampled_rss_bytes
         rows.append({
             "phase": rec.phase, "bs": rec.batch_size, "outcome": rec.outcome.value,
             "kernel GiB": None if rec.peaks.kernel_bytes is None else round(rec.peaks.kernel_bytes / GIB, 3),
+            **({"working set GiB": None if rec.peaks.working_set_sampled_bytes is None else
+                round(rec.peaks.working_set_sampled_bytes / GIB, 3)}
+               if any(r.peaks.working_set_sampled_bytes is not None for r in view.records) else {}),
             f"sampled {rec.limits.metric} GiB": round(sampled / GIB, 3) if sampled else None,
             "% cap": _pct(rec.peaks.kernel_bytes, rec.limits.cap_bytes),
             **({"GPU GiB": round((rec.peaks.gpu_sampled_bytes or 0) / GIB, 2)}
@@ -72,7 +77,8 @@ def frame(view: RunView) -> pd.DataFrame:
 
 
 def plot_memory(view: RunView, path: Path) -> Optional[Path]:
-    """Every probe's sampled tree memory (solid) and cgroup charge (dashed) over time, limits drawn."""
+    """Every probe's sampled tree memory (solid), cgroup charge (dashed) and working set (dotted) over time,
+    limits drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,6 +99,8 @@ def plot_memory(view: RunView, path: Path) -> Optional[Path]:
         top = max(top, float(df["rss"].max()) / GIB)
         if df["cgroup"].notna().any():
             ax.plot(df["t"], df["cgroup"] / GIB, linestyle="--", color=line.get_color(), linewidth=1.0)
+        if "working_set" in df and df["working_set"].notna().any():  # records older than the column lack it
+            ax.plot(df["t"], df["working_set"] / GIB, linestyle=":", color=line.get_color(), linewidth=1.0)
         if rec.outcome.value != "ok" and rec.peaks.kernel_bytes:
             # A kill can come between two samples: mark the kernel's exact peak where the probe ended.
             ax.plot([df["t"].iloc[-1]], [rec.peaks.kernel_bytes / GIB], marker="x", markersize=9,
@@ -112,7 +120,7 @@ def plot_memory(view: RunView, path: Path) -> Optional[Path]:
         else:
             notes.append(f"soft limit {gib(lim.rss_limit_bytes)} ({lim.metric}) is above the chart")
     ax.set_xlabel("seconds since probe start")
-    ax.set_ylabel("GiB  (solid: tree RSS, dashed: cgroup charge)")
+    ax.set_ylabel("GiB  (solid: tree RSS, dashed: cgroup charge, dotted: working set)")
     ax.set_title(f"{view.title}" + (f"\n{'; '.join(notes)}" if notes else ""), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
@@ -164,7 +172,7 @@ def plot_forecast(view: RunView, path: Path) -> Optional[Path]:
         fc = rec.forecast
         every = view.spec.stress.check_interval if view.spec.stress else 1
         xs = [max(1, p.step // every) for p in rec.metrics.val_points]
-        ys = [(p.cgroup_bytes if fc.domain == "cgroup" else p.rss_bytes) or 0 for p in rec.metrics.val_points]
+        ys = [forecast.point_bytes(p, fc.domain) or 0 for p in rec.metrics.val_points]
         dots = ax.plot(xs, [y / GIB for y in ys], "o", label=f"bs={rec.batch_size} at validation ends ({fc.kind})")
         if fc.long_run_cycles and fc.predicted_peak_bytes is not None:
             # A straight line in cycles is a curve on the log axis: draw it through many points.
@@ -201,7 +209,11 @@ def _limits_text(view: RunView) -> str:
     if lim.cap_bytes:
         parts.append(f"- hard cap: {gib(lim.cap_bytes)} on memory charged to the probe's cgroup "
                      f"(`memory.cap: {view.spec.memory.cap}`, {lim.cgroup or 'NOT enforced: ' + lim.cgroup_note}); "
-                     f"the kernel OOM-kills at it (`oom_killed`).")
+                     f"the kernel OOM-kills at it (`oom_killed`)." + (
+                         " What must fit under it, less the headroom, is the *working set*: the charge less inactive "
+                         "file cache, which the kernel takes back before it kills (the charged *kernel* peak counts "
+                         "that cache too, and sits at the cap of a probe that merely read a lot)."
+                         if any(r.peaks.working_set_sampled_bytes is not None for r in view.records) else ""))
     elif lim.cgroup_note:
         parts.append(f"- no cgroup: {lim.cgroup_note}; the kernel peak is the largest process's VmHWM.")
     parts.append("- RSS counts shared-library pages already in the page cache, which a cgroup does not charge: "

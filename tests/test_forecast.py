@@ -85,6 +85,20 @@ def test_assess_extrapolates_to_the_long_run_and_says_why():
     assert g.reason.endswith("after 648 cycles <= the 28.00 GiB cap less 2.00 GiB headroom")
 
 
+def test_page_cache_written_every_validation_is_no_leak():
+    # a trainer that saves a checkpoint each validation: the charge climbs 60 MiB a cycle, the working set not
+    vals = [(50 * (i + 1), 1.0 + 60 * i / 1024) for i in range(6)]
+    cached = rec(8, peak_gib=1.3, phase="stress", cap_gib=1.5, vals=vals, ws_gib=0.9, ws_vals=[0.9] * 6)
+    f = assess(cached, cycle_steps=50, warmup=1, long_run_steps=32400, long_run_interval=50,
+               limit_bytes=int(1.5 * GIB), limit_name="cap", headroom_bytes=32 * MIB)
+    assert (f.domain, f.kind, f.fits, f.predicted_peak_bytes) == ("working set", "plateau", True, int(0.9 * GIB))
+    # read as the charge (a record without the working set), the same probe is a leak that will not fit
+    blind = rec(8, peak_gib=1.3, phase="stress", cap_gib=1.5, vals=vals)
+    g = assess(blind, cycle_steps=50, warmup=1, long_run_steps=32400, long_run_interval=50,
+               limit_bytes=int(1.5 * GIB), limit_name="cap", headroom_bytes=32 * MIB)
+    assert (g.domain, g.kind, g.fits) == ("cgroup", "growth", False)
+
+
 # ---- two models: growth per validation and growth per step --------------------------------------------------------
 def _stress_with(growth_per_val_mib: float, every: int = 50, points: int = 8):
     vals = [(every * (i + 1), 1.0 + growth_per_val_mib * i / 1024) for i in range(points)]

@@ -6,7 +6,7 @@ from hlrp_ladder.probe.metrics import LiveMetrics
 from hlrp_ladder.records import MetricsPatterns
 
 START = 1000.0                                    # wall clock of the sampler's t = 0
-TIMELINE = [(0.5, 100, 90), (1.0, 200, 190), (1.5, 300, 290), (2.0, 400, 390), (2.5, 500, 490)]
+TIMELINE = [(0.5, 100, 90, 80), (1.0, 200, 190, 180), (1.5, 300, 290, 280), (2.0, 400, 390, 380), (2.5, 500, 490, 480)]
 
 
 def feed(tmp_path, lines_at: dict[float, list[dict]], regex=MetricsPatterns(), log_at=None, interval=10):
@@ -14,7 +14,7 @@ def feed(tmp_path, lines_at: dict[float, list[dict]], regex=MetricsPatterns(), l
     live = LiveMetrics(tmp_path / "m.jsonl", tmp_path / "log.txt", regex, START, interval)
     (tmp_path / "m.jsonl").touch()
     (tmp_path / "log.txt").touch()
-    for t, _, _ in TIMELINE:
+    for t, *_ in TIMELINE:
         with open(tmp_path / "m.jsonl", "a") as f:
             for event in lines_at.get(t, []):
                 f.write(json.dumps(event) + "\n")
@@ -30,8 +30,8 @@ def test_events_without_time_take_the_moment_they_were_seen(tmp_path):
                         2.0: [{"event": "val_end", "step": 20, "val_loss": 0.4}]})
     # the memory of the last sample certainly taken before the line was written (the one before the read that saw
     # it), not every point at t=0 (the old bug), and not the sample of the same tick (it may show what followed)
-    assert [(p.step, p.time, p.time_source, p.rss_bytes, p.cgroup_bytes) for p in m.val_points] == [
-        (10, 1.0, "seen", 100, 90), (20, 2.0, "seen", 300, 290)]
+    assert [(p.step, p.time, p.time_source, p.rss_bytes, p.cgroup_bytes, p.working_set_bytes)
+            for p in m.val_points] == [(10, 1.0, "seen", 100, 90, 80), (20, 2.0, "seen", 300, 290, 280)]
 
 
 def test_a_sane_trainer_time_is_used_and_an_insane_one_is_not(tmp_path):

@@ -1,4 +1,5 @@
 """The ladder policy and the outcome classifier are pure: tested with hand-written facts, no processes."""
+import dataclasses
 import signal
 from typing import Optional
 
@@ -92,6 +93,22 @@ def test_headroom_rejects_a_pick_too_close_to_the_cap():
     # 24 at 1.20 GiB leaves 51 MiB, 20 at 1.12 GiB leaves 133 MiB
     assert v.pick == 20
     assert "bs=24 peak 1.20 GiB leaves 51 MiB free under the 1.25 GiB cap, less than the 100 MiB headroom" in v.reason
+
+
+def test_under_a_cap_the_working_set_is_judged_not_the_page_cache_the_charge_also_holds():
+    # measured: bs=20's stress probe charged the whole 1.25 GiB cap in one run (page cache filling it up) and
+    # 1.19 GiB in another; its working set held at ~1.21 GiB. The charge decided the pick by what was cached.
+    plan = dataclasses.replace(STRESS, headroom_bytes=32 * 2**20)
+    at_cap = rec(20, "ok", 1.25, phase="stress", cap_gib=1.25, t=120.0, ws_gib=1.19)
+    assert policy.fit_peak(at_cap) == int(1.19 * GIB)
+    v = policy.verdict(plan, ONE_VAL + [stress(24, "oom_killed", 1.25), at_cap])
+    assert (v.pick, v.confirmed_by) == (20, "stress") and "bs=20 stress ok at 1.19 GiB" in v.reason
+    # without a working-set reading (an older record, a cgroup without memory.stat), the charge is all there is
+    blind = rec(20, "ok", 1.25, phase="stress", cap_gib=1.25, t=120.0)
+    records = ONE_VAL + [stress(24, "oom_killed", 1.25), blind]
+    assert policy.next_rung(plan, records) == policy.Rung(16, "stress")  # 20 rejected: no headroom left
+    # without a cap the working set plays no part: the RSS high-water mark is judged
+    assert policy.fit_peak(rec(20, "ok", 1.0, cap_gib=None, ws_gib=0.5)) == int(1.2 * GIB)
 
 
 def test_warmup_gets_twice_the_cap_within_the_soft_limit():

@@ -59,6 +59,19 @@ def test_kernel_oom_kill_under_a_cap(tmp_path, need_cgroup):
     assert 140 * MIB <= rec.peaks.kernel_bytes <= 151 * MIB  # the kernel's exact peak, at the cap
 
 
+def test_page_cache_fills_the_cap_but_the_working_set_is_what_the_probe_needs(tmp_path, need_cgroup):
+    # 40 MiB held, 300 MiB written (fsync'd) in 6 validations under a 200 MiB cap: the kernel takes the cache back
+    rec = run(request(tmp_path, memhog("base_mb=40", "mb_per_sample=0", "steps=60", "check_interval=10",
+                                       "cache_mb_per_val=50", "step_s=0.02"), cap=200 * MIB))
+    assert rec.outcome == Outcome.ok, rec.evidence
+    assert rec.peaks.kernel_bytes > 180 * MIB                  # the charge ran up to the cap ...
+    assert rec.peaks.working_set_sampled_bytes < 120 * MIB     # ... what the probe cannot do without did not
+    header, *rows = (tmp_path / "p" / "memory.csv").read_text().splitlines()
+    assert header.split(",")[-1] == "working_set" and all(r.split(",")[6] for r in rows[1:])
+    ws = [p.working_set_bytes for p in rec.metrics.val_points]
+    assert len(ws) == 6 and max(ws) < 120 * MIB
+
+
 def test_worker_oom_is_child_oom_not_oom_killed(tmp_path, need_cgroup):
     # The parent checks its worker every step and exits 1 when it died. The kernel reclaims for 1-4 s before it
     # OOM-kills in a cgroup this small, so the parent runs up to 20 s (it exits as soon as the worker dies).

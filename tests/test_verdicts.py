@@ -158,6 +158,11 @@ def test_resume_kills_marked_processes_and_cgroup_members_not_a_reused_process_g
     stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)          # its own group, no mark
     ours = subprocess.Popen(["sleep", "60"], start_new_session=True, env={**os.environ, MARKER_ENV: marker})
     try:
+        # Until it has exec'd, the child shows the parent's environment (no marker): wait for the exec, as a
+        # resume days later would find it (on a loaded machine the fork-to-exec gap failed this test once).
+        deadline = time.monotonic() + 10
+        while psutil.Process(ours.pid).environ().get(MARKER_ENV) != marker and time.monotonic() < deadline:
+            time.sleep(0.01)
         running = tmp_path / "running.json"
         # a probe whose process group id, days later, is the stranger's; what carries its marker is ours
         running.write_text(json.dumps({"pid": 1, "pgid": stranger.pid, "create_time": 0, "cgroup": None,

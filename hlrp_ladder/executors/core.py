@@ -122,11 +122,11 @@ def last_sample(folder: Path):
         return None
     for line in reversed(lines[1:] if size <= 512 else lines):
         parts = line.split(",")
-        if len(parts) == 6 and parts[0] and parts[0] != "t":
+        if len(parts) == 7 and parts[0] and parts[0] != "t":  # a torn last line has fewer
             try:
                 num = lambda x: int(x) if x else None  # noqa: E731
                 return Sample(float(parts[0]), int(parts[1]), num(parts[2]), int(parts[3]), num(parts[4]),
-                              num(parts[5]))
+                              num(parts[5]), num(parts[6]))
             except ValueError:
                 continue
     return None
@@ -142,11 +142,14 @@ def substitute_record(request: ProbeRequest, outcome: Outcome, detail: str, log_
     peaks = Peaks()
     try:
         rows = [r.split(",") for r in (request.folder / "memory.csv").read_text().splitlines()[1:]]
-        values = [(int(r[1]), int(r[4]) if r[4] else None) for r in rows if len(r) == 6 and r[1]]
+        num = lambda x: int(x) if x else None  # noqa: E731
+        values = [(int(r[1]), num(r[4]), num(r[6])) for r in rows if len(r) == 7 and r[1]]
         if values:
             peaks.sampled_rss_bytes = max(v[0] for v in values)
             charged = [v[1] for v in values if v[1] is not None]
             peaks.cgroup_sampled_bytes = max(charged) if charged else None
+            working = [v[2] for v in values if v[2] is not None]
+            peaks.working_set_sampled_bytes = max(working) if working else None
             peaks.samples = len(values)
     except (OSError, ValueError, IndexError):
         pass

@@ -28,6 +28,17 @@ PARENT = "hlrp-ladder"
 HOME = "hlrp-ladder-home"   # v2 delegation: the leaf the orchestrator moves into
 
 
+def working_set(usage: int, stat: bytes, key: bytes) -> Optional[int]:
+    """Charged memory less the inactive file cache (``memory.stat``'s ``key``): what the kernel cannot take back
+    without hurting the job. It is the number Kubernetes evicts on (cAdvisor's working set). ``None`` when the
+    key is missing."""
+    for line in stat.splitlines():
+        name, _, value = line.partition(b" ")
+        if name == key:
+            return max(0, usage - int(value))
+    return None
+
+
 def _read(path: Path) -> str:
     return path.read_text()
 
@@ -102,6 +113,15 @@ class MemoryCgroup:
     @property
     def usage_file(self) -> Path:
         return self.path / ("memory.usage_in_bytes" if self.version == 1 else "memory.current")
+
+    @property
+    def stat_file(self) -> Path:
+        return self.path / "memory.stat"
+
+    @property
+    def inactive_file_key(self) -> bytes:
+        # v1's hierarchical total (a probe's cgroup has no children, a SLURM job's step does); v2's is hierarchical
+        return b"total_inactive_file" if self.version == 1 else b"inactive_file"
 
     def usage(self) -> Optional[int]:
         try:

@@ -120,21 +120,21 @@ class LiveMetrics:
             return seen_t, "seen"
         return None, "none"
 
-    def finish(self, timeline: list[tuple[float, int, Optional[int]]], end_t: float) -> Metrics:
-        """The probe's metrics; ``timeline`` rows are (t, tree rss, cgroup bytes), one per sample; ``end_t`` is
+    def finish(self, timeline: list[tuple[float, int, Optional[int], Optional[int]]], end_t: float) -> Metrics:
+        """The probe's metrics; ``timeline`` rows are (t, tree rss, cgroup bytes, working set), one per sample; ``end_t`` is
         when the main process was reaped, on the same clock."""
         self.poll(None)
         times = [row[0] for row in timeline]
 
-        def memory(t: Optional[float], source: str) -> tuple[Optional[int], Optional[int]]:
+        def memory(t: Optional[float], source: str) -> tuple[Optional[int], Optional[int], Optional[int]]:
             if t is None:
-                return None, None
+                return None, None, None
             # A trainer's own time: the latest sample at or before it. A time seen: the poll that saw the line
             # follows the sample taken at t, which may already show what came after it (an exit's teardown, the
             # next step's allocations); the latest sample *before* t is the one certainly taken before the line
             # was written (the previous poll did not see it yet).
             i = (bisect.bisect_right(times, t + 1e-9) if source == "trainer" else bisect.bisect_left(times, t)) - 1
-            return (timeline[i][1], timeline[i][2]) if i >= 0 else (None, None)
+            return timeline[i][1:4] if i >= 0 else (None, None, None)
 
         if self.events:
             return self._from_events(memory, end_t)
@@ -142,10 +142,10 @@ class LiveMetrics:
             return Metrics()
         points = []
         for k, (value, seen_t) in enumerate(self.found.get("val_loss", []), start=1):
-            rss, cg = memory(seen_t, "seen")
+            rss, cg, ws = memory(seen_t, "seen")
             points.append(ValPoint(step=k * (self.check_interval or 1), time=seen_t,
                                    time_source="seen" if seen_t is not None else "none", val_loss=value,
-                                   rss_bytes=rss, cgroup_bytes=cg))
+                                   rss_bytes=rss, cgroup_bytes=cg, working_set_bytes=ws))
         return Metrics(source="regex", step_per_s=_rate([v for v, _ in self.found.get("step_per_s", [])]),
                        samples_per_s=_rate([v for v, _ in self.found.get("samples_per_s", [])]),
                        val_loss=points[-1].val_loss if points else None, val_points=points,
@@ -161,11 +161,12 @@ class LiveMetrics:
             if e["event"] != "val_end":
                 continue
             t, source = self._when(e, seen.seen_t, end_t)
-            rss, cg = memory(t, source)
+            rss, cg, ws = memory(t, source)
             step = e.get("step")
             step = step if isinstance(step, int) else (len(points) + 1) * (self.check_interval or 1)
             points.append(ValPoint(step=step, time=None if t is None else round(t, 3), time_source=source,
-                                   val_loss=e.get("val_loss"), rss_bytes=rss, cgroup_bytes=cg))
+                                   val_loss=e.get("val_loss"), rss_bytes=rss, cgroup_bytes=cg,
+                                   working_set_bytes=ws))
         steps = [int(e["step"]) for e in events if isinstance(e.get("step"), int)]
         return Metrics(
             source="jsonl", last_step=max(steps) if steps else (points[-1].step if points else None),

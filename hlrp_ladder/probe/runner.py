@@ -131,7 +131,7 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
         signal_tree(pgid, list(sampler.known.values()), cg, sig)
 
     peaks = Peaks()
-    timeline: list[tuple[float, int, Optional[int]]] = []
+    timeline: list[tuple[float, int, Optional[int], Optional[int]]] = []
     stopper = _Stopper()
     status = exited_at = None
     flushed_at = 0.0
@@ -151,7 +151,7 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
             if sample.t - flushed_at >= CSV_FLUSH_S:  # readers (the live view, status) see it within this long
                 csv.flush()
                 flushed_at = sample.t
-            timeline.append((sample.t, sample.rss, sample.cgroup))
+            timeline.append((sample.t, sample.rss, sample.cgroup, sample.working_set))
             live.poll(sample.t)
             peaks.samples += 1
             peaks.sampled_rss_bytes = max(peaks.sampled_rss_bytes, sample.rss)
@@ -160,6 +160,8 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
                 peaks.sampled_pss_bytes = max(peaks.sampled_pss_bytes or 0, sample.pss)
             if sample.cgroup is not None:
                 peaks.cgroup_sampled_bytes = max(peaks.cgroup_sampled_bytes or 0, sample.cgroup)
+            if sample.working_set is not None:
+                peaks.working_set_sampled_bytes = max(peaks.working_set_sampled_bytes or 0, sample.working_set)
             if sample.gpu is not None:
                 peaks.gpu_sampled_bytes = max(peaks.gpu_sampled_bytes or 0, sample.gpu)
             measured = sample.pss if request.metric == "pss" else sample.rss

@@ -1,4 +1,4 @@
-"""Samples a probe's whole process tree: summed RSS (and PSS), process count, cgroup usage."""
+"""Samples a probe's whole process tree: summed RSS (and PSS), process count, cgroup usage and working set."""
 from __future__ import annotations
 
 import os
@@ -8,9 +8,9 @@ from typing import Optional
 
 import psutil
 
-from hlrp_ladder.probe.cgroup import MemoryCgroup
+from hlrp_ladder.probe.cgroup import MemoryCgroup, working_set
 
-CSV_HEADER = "t,rss,pss,n_procs,cgroup,gpu\n"
+CSV_HEADER = "t,rss,pss,n_procs,cgroup,gpu,working_set\n"
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -22,10 +22,12 @@ class Sample:
     n_procs: int
     cgroup: Optional[int]          # bytes charged to the probe's cgroup
     gpu: Optional[int] = None      # GPU memory used by the tree's processes (NVML), where there is a GPU
+    working_set: Optional[int] = None  # cgroup usage less its inactive file cache (see cgroup.working_set)
 
     def csv(self) -> str:
         return f"{self.t:.3f},{self.rss},{'' if self.pss is None else self.pss},{self.n_procs}," \
-               f"{'' if self.cgroup is None else self.cgroup},{'' if self.gpu is None else self.gpu}\n"
+               f"{'' if self.cgroup is None else self.cgroup},{'' if self.gpu is None else self.gpu}," \
+               f"{'' if self.working_set is None else self.working_set}\n"
 
 
 class GpuReader:
@@ -145,14 +147,15 @@ class TreeSampler:
                     self.known.pop(pid, None)
             except (psutil.Error, OSError, IndexError, ValueError):  # a zombie or unreadable mid-read
                 continue
-        usage = None
+        usage = ws = None
         if self.cgroup is not None:
             try:
                 usage = int(self.files.read(str(self.cgroup.usage_file)))
+                ws = working_set(usage, self.files.read(str(self.cgroup.stat_file)), self.cgroup.inactive_file_key)
             except (OSError, ValueError):
-                usage = None
+                pass
         gpu = self.gpu.used_by(self.known.keys()) if self.gpu.handles else None
-        return Sample(time.monotonic() - self.start, rss, pss if self.with_pss else None, n, usage, gpu)
+        return Sample(time.monotonic() - self.start, rss, pss if self.with_pss else None, n, usage, gpu, ws)
 
     def close(self) -> None:
         self.files.close()
