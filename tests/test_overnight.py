@@ -115,6 +115,24 @@ def test_second_launch_is_refused_while_one_is_alive_and_force_replaces_it(tmp_p
     assert wait_state(tmp_path, "ended")["outcome"] == "interrupted"
 
 
+def test_status_of_a_capped_long_run_shows_its_working_set_and_its_charge(tmp_path, need_cgroup, tmux_cleanup,
+                                                                           marker):
+    ladder(tmp_path, overnight="{max_steps: 100000, check_interval: 1000, limit_batches: 1}", cap="200MiB",
+           extra_args=[marker])
+    runs = str(tmp_path / "runs")
+    assert cli("launch-overnight", "--pick", "stable", "--runs-dir", runs, cwd=tmp_path).returncode == 0
+    st = wait_state(tmp_path, "running")
+    deadline = time.monotonic() + 20
+    while st.get("working_set_bytes") is None and time.monotonic() < deadline:  # the first heartbeat
+        time.sleep(0.2)
+        st = wait_state(tmp_path, "running")
+    assert 0 < st["working_set_bytes"] <= st["cgroup_bytes"] and st["peak_working_set_bytes"] >= st["working_set_bytes"]
+    human = cli("status", "--runs-dir", runs, cwd=tmp_path).stdout
+    assert "working set " in human and " at peak, against the " in human and "(charged with page cache: " in human
+    subprocess.run(["kill", str(st["runner_pid"])])
+    assert wait_state(tmp_path, "ended")["outcome"] == "interrupted"
+
+
 def test_long_run_oom_killed_under_the_cap_is_reported_as_such(tmp_path, need_cgroup, tmux_cleanup, marker):
     # one-val probes fit under 150 MiB; the long run keeps 20 MiB more per validation until the kernel kills it
     ladder(tmp_path, overnight="{max_steps: 2000, check_interval: 20, limit_batches: 1}", cap="150MiB",

@@ -42,6 +42,7 @@ def status(store: RunStore) -> dict:
                    elapsed_s=round(time.time() - runner["started_at"], 1) if runner.get("started_at") else None,
                    rss_bytes=beat.get("rss"), cgroup_bytes=beat.get("cgroup"), peak_rss_bytes=beat.get("peak_rss"),
                    peak_cgroup_bytes=beat.get("peak_cgroup"), n_procs=beat.get("n_procs"),
+                   working_set_bytes=beat.get("working_set"), peak_working_set_bytes=beat.get("peak_working_set"),
                    heartbeat_age_s=round(time.time() - beat["time"], 1) if beat.get("time") else None)
     else:
         out.update(state="lost", detail="its runner is gone and left no record (killed with SIGKILL, or the machine "
@@ -82,10 +83,15 @@ def status_lines(st: dict) -> list[str]:
     elif st["state"] == "pending":
         lines.append(f"waiting to start: {st['where']}")
     else:
-        now = st.get("cgroup_bytes") if lim["cap_bytes"] else st.get("rss_bytes")
-        peak = st.get("peak_cgroup_bytes") if lim["cap_bytes"] else st.get("peak_rss_bytes")
+        # Under a cap, the working set (what the ladder judged); the charge beside it, page cache included.
+        ws = lim["cap_bytes"] and st.get("working_set_bytes") is not None
+        now = st.get("working_set_bytes") if ws else st.get("cgroup_bytes") if lim["cap_bytes"] else st.get("rss_bytes")
+        peak = (st.get("peak_working_set_bytes") if ws else
+                st.get("peak_cgroup_bytes") if lim["cap_bytes"] else st.get("peak_rss_bytes"))
         elapsed = f"elapsed {st['elapsed_s'] / 60:.1f} min; " if st.get("elapsed_s") is not None else ""
-        lines.append(f"{elapsed}memory {gib(now)} now, {gib(peak)} at peak, against the {limit}")
+        what = "working set" if ws else "memory"
+        charged = f" (charged with page cache: {gib(st.get('cgroup_bytes'))} now)" if ws else ""
+        lines.append(f"{elapsed}{what} {gib(now)} now, {gib(peak)} at peak, against the {limit}{charged}")
         if st["state"] == "lost":
             lines.append(st["detail"])
     m = st["metrics"]

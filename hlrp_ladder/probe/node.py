@@ -80,19 +80,22 @@ class Heartbeat:
 
     def __init__(self, folder: Path, every: float) -> None:
         self.folder, self.every = folder, every
-        self.peak_rss = self.peak_cgroup = 0
+        self.peak_rss = self.peak_cgroup = self.peak_working_set = 0
         self.last = float("-inf")
 
     def __call__(self, request, sample) -> None:
         self.peak_rss = max(self.peak_rss, sample.rss)
         self.peak_cgroup = max(self.peak_cgroup, sample.cgroup or 0)
+        self.peak_working_set = max(self.peak_working_set, sample.working_set or 0)
         now = time.monotonic()
         if now - self.last < self.every:
             return
         self.last = now
         write_json(self.folder / STATUS, {"time": time.time(), "t": round(sample.t, 1), "rss": sample.rss,
                                           "cgroup": sample.cgroup, "peak_rss": self.peak_rss,
-                                          "peak_cgroup": self.peak_cgroup or None, "n_procs": sample.n_procs})
+                                          "peak_cgroup": self.peak_cgroup or None, "n_procs": sample.n_procs,
+                                          "working_set": sample.working_set,
+                                          "peak_working_set": self.peak_working_set or None})
 
 
 def main(argv: list[str]) -> int:
