@@ -66,7 +66,8 @@ def build_request(spec: Spec, plan: policy.Plan, store: RunStore, bs: int, varia
     return ProbeRequest(
         folder=store.root / folder, batch_size=bs, phase="compare", repeat=repeat, variant=variant,
         attempt=store.attempts(folder), argv=argv, env=env, cwd=os.getcwd(), rss_limit_bytes=plan.rss_limit_bytes,
-        cap_bytes=plan.cap_bytes if repeat else policy.warmup_cap(plan), metric=spec.memory.metric, interval_s=spec.memory.sample_interval_s,
+        cap_bytes=plan.cap_bytes if repeat else policy.warmup_cap(plan), metric=spec.memory.metric,
+        interval_s=spec.memory.sample_interval_s,
         timeout_s=timeout, kill_grace_s=spec.kill_grace_s,
         cgroup_name=safe_name(f"{spec.name}-{store.root.name}-{folder}"),
         probe_id=f"{spec.name}/{store.root.name}/{folder}/{uuid.uuid4().hex[:12]}",

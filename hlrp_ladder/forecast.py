@@ -66,7 +66,7 @@ def point_bytes(point, domain: str) -> Optional[int]:
 
 
 def assess(rec, *, cycle_steps: int, warmup: int, long_run_steps: Optional[int], long_run_interval: int,
-           limit_bytes: Optional[int], limit_name: str, headroom_bytes: int):
+           limit_bytes: Optional[int], limit_name: str, headroom_bytes: int, peak_measure: str = "working set"):
     """A stress record's :class:`~hlrp_ladder.records.Forecast`: fit, both extrapolations, and whether it fits.
 
     Only validation ends with a known memory reading count (see ``ValPoint.time_source``): a point whose time
@@ -77,13 +77,14 @@ def assess(rec, *, cycle_steps: int, warmup: int, long_run_steps: Optional[int],
     from hlrp_ladder.sizes import gib
 
     domain = "cgroup" if rec.limits.cap_bytes is not None and rec.peaks.kernel_bytes is not None else "rss"
-    if domain == "cgroup" and rec.peaks.working_set_sampled_bytes is not None:
-        domain = "working set"  # as fit_peak judges: page cache (a log, a checkpoint written) is no leak
     vals = rec.metrics.val_points
+    if (domain == "cgroup" and peak_measure == "working set" and rec.peaks.working_set_sampled_bytes is not None
+            and all(p.working_set_bytes is not None for p in vals if p.cgroup_bytes is not None)):
+        domain = "working set"  # as fit_peak judges: page cache (a log, a checkpoint written) is no leak
     points = [(p.step, point_bytes(p, domain)) for p in vals]
     points = [(s, b) for s, b in points if b is not None]
     fit = fit_growth(points, cycle_steps, warmup)
-    peak = fit_peak(rec)
+    peak = fit_peak(rec, "working set" if domain == "working set" else "charge")
     observed_steps = rec.metrics.last_step or 0
     out = Forecast(kind=fit.kind, domain=domain, slope_mib_per_cycle=round(fit.slope_per_cycle / MIB, 2),
                    slope_mib_per_step=round(fit.slope_per_step / MIB, 4),

@@ -55,7 +55,8 @@ def with_forecast(spec: Spec, plan: policy.Plan, rec: ProbeRecord) -> ProbeRecor
     rec.forecast = forecast.assess(
         rec, cycle_steps=spec.stress.check_interval, warmup=spec.forecast.warmup_cycles,
         long_run_steps=long_run_steps(spec, rec), long_run_interval=night.check_interval if night else 1,
-        limit_bytes=plan.limit_bytes, limit_name=plan.limit_name, headroom_bytes=plan.headroom_bytes)
+        limit_bytes=plan.limit_bytes, limit_name=plan.limit_name, headroom_bytes=plan.headroom_bytes,
+        peak_measure=plan.peak_measure)
     if rec.forecast.fits is False:
         rec.outcome = Outcome.forecast_oom
         rec.evidence.detail = f"survived the stress probe, but {rec.forecast.reason}"

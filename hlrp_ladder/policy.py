@@ -56,6 +56,9 @@ class Plan:
     rss_limit_bytes: Optional[int] = None
     cap_bytes: Optional[int] = None
     stress_weight: float = 6.0       # how much longer a stress probe runs than a one-val one (for scheduling)
+    # What must fit under a cap: "working set" (see fit_peak). A run stored before that existed was judged on the
+    # "charge", and a resume keeps judging it so: one run, one measure.
+    peak_measure: str = "charge"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -166,19 +169,27 @@ def slot(plan: Plan, tries: list[ProbeRecord]) -> Slot:
     return Slot("inconclusive", last)
 
 
-def fit_peak(rec: ProbeRecord) -> int:
-    """The peak that must fit under the limit. Under a cap: the cgroup's working set (charged memory less its
-    inactive file cache, the sampled peak) where the cgroup reports one, else its charged peak; without a cap,
-    the RSS high-water mark.
+def fit_peak(rec: ProbeRecord, measure: str = "working set") -> int:
+    """The peak that must fit under the limit. Under a cap, with ``measure`` "working set": the cgroup's working
+    set (charged memory less its inactive file cache; its sampled peak, plus whatever charge the samples missed)
+    where the record has one, else the charged peak; with "charge": the charged peak. Without a cap, the RSS
+    high-water mark.
 
     Why not the charged peak: it counts page cache, which the kernel takes back before it OOM-kills, so it
     grows toward any cap as files are read and sits *at* the cap of a probe that merely cached a lot. Measured
-    on the bundled trainer's bs=20 stress probe under 1.25 GiB: charged 1.25 GiB (the cap, in one run of two;
-    1.19 in the other), working set 1.21 GiB. Judged by the charged peak, the same rung passed or failed the
-    headroom by what the page cache held."""
+    on the bundled trainer's bs=20 stress probe under 1.25 GiB, fresh clones: charged the whole cap in one run,
+    1.19-1.20 GiB in two others; run alone, at the cap for a minute, its working set peaked at 1.21 GiB. Judged
+    by the charge, the same rung passed or failed the headroom by what the page cache held.
+
+    The working set is sampled, the charged peak is the kernel's own: a spike between two samples shows in the
+    charged peak only. The gap between the charged peak and the largest sampled charge is that spike's least
+    size, so it is added back (it is ~0 for a probe that sat at its cap, the case the working set is for)."""
     if rec.limits.cap_bytes is not None and rec.peaks.kernel_bytes is not None:
-        ws = rec.peaks.working_set_sampled_bytes
-        return ws if ws is not None else rec.peaks.kernel_bytes
+        ws, kernel = rec.peaks.working_set_sampled_bytes, rec.peaks.kernel_bytes
+        if measure != "working set" or ws is None:
+            return kernel
+        missed = max(0, kernel - (rec.peaks.cgroup_sampled_bytes or kernel))
+        return min(kernel, ws + missed)
     return max(rec.peaks.sampled_rss_bytes, rec.peaks.vmhwm_bytes or 0, rec.peaks.sampled_pss_bytes or 0)
 
 
@@ -256,7 +267,7 @@ def _model_search(plan: Plan, sizes: list[int], states: dict[int, Slot], failure
         return Search(None, ok, hi_rec)  # no stable rung, or the boundary found
     below = [bs for bs in sizes if hi is None or bs < hi]
     budget = plan.limit_bytes - plan.headroom_bytes
-    line = memory_model.fit([(bs, fit_peak(states[bs].record)) for bs in ok])
+    line = memory_model.fit([(bs, fit_peak(states[bs].record, plan.peak_measure)) for bs in ok])
     if line is None or not line.good(budget):
         return None
     margin = line.margin(budget)
@@ -307,7 +318,7 @@ def describe(rec: ProbeRecord) -> str:
 def _headroom_problem(plan: Plan, rec: ProbeRecord) -> Optional[str]:
     if plan.limit_bytes is None or not plan.headroom_bytes:
         return None
-    peak = fit_peak(rec)
+    peak = fit_peak(rec, plan.peak_measure)
     if peak + plan.headroom_bytes <= plan.limit_bytes:
         return None
     what = "" if rec.phase in SEARCH_PHASES else f" {rec.phase}"
@@ -353,7 +364,7 @@ def candidate(plan: Plan, tries: dict[Key, list[ProbeRecord]], bs: int) -> Candi
             return Candidate("accepted", record=st.record)
         one_vals.append(st.record)
         if len(one_vals) == plan.repeats:
-            worst = max(one_vals, key=fit_peak)
+            worst = max(one_vals, key=lambda r: fit_peak(r, plan.peak_measure))
             problem = _headroom_problem(plan, worst)
             if problem:
                 return Candidate("rejected", reason=problem, record=worst)

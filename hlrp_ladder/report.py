@@ -210,10 +210,12 @@ def _limits_text(view: RunView) -> str:
         parts.append(f"- hard cap: {gib(lim.cap_bytes)} on memory charged to the probe's cgroup "
                      f"(`memory.cap: {view.spec.memory.cap}`, {lim.cgroup or 'NOT enforced: ' + lim.cgroup_note}); "
                      f"the kernel OOM-kills at it (`oom_killed`)." + (
-                         " What must fit under it, less the headroom, is the *working set*: the charge less inactive "
+                         " What must fit under it" + (", less the headroom," if view.plan.headroom_bytes else "") +
+                         " is the *working set*: the charge less inactive "
                          "file cache, which the kernel takes back before it kills (the charged *kernel* peak counts "
                          "that cache too, and sits at the cap of a probe that merely read a lot)."
-                         if any(r.peaks.working_set_sampled_bytes is not None for r in view.records) else ""))
+                         if view.plan.peak_measure == "working set" and
+                         any(r.peaks.working_set_sampled_bytes is not None for r in view.records) else ""))
     elif lim.cgroup_note:
         parts.append(f"- no cgroup: {lim.cgroup_note}; the kernel peak is the largest process's VmHWM.")
     parts.append("- RSS counts shared-library pages already in the page cache, which a cgroup does not charge: "
@@ -227,7 +229,7 @@ def memory_fit(view: RunView) -> Optional[dict]:
     from hlrp_ladder import memory_model
 
     ok = {r.batch_size: r for r in view.records if r.phase in policy.SEARCH_PHASES and r.outcome.value == "ok"}
-    line = memory_model.fit([(bs, policy.fit_peak(r)) for bs, r in ok.items()])
+    line = memory_model.fit([(bs, policy.fit_peak(r, view.plan.peak_measure)) for bs, r in ok.items()])
     if line is None:
         return None
     plan = view.plan

@@ -143,8 +143,9 @@ class Memory(_Strict):
                                 "memory, not RSS), to emulate a smaller machine")
     metric: Literal["rss", "pss"] = "rss"
     sample_interval_s: float = Field(0.1, gt=0, le=10)
-    headroom: Optional[Size] = Field(None, description="left free at the pick's kernel peak, under the cap (or "
-                                     "the soft limit without a cap): a size, or a % of that limit")
+    headroom: Optional[Size] = Field(None, description="left free at the pick's peak — its working set under the "
+                                     "cap, or its RSS under the soft limit without a cap: a size, or a % of that "
+                                     "limit")
 
     def rss_limit_bytes(self, total: int | None = None) -> int:
         """The soft limit in bytes; a percentage is of ``total`` (default: the memory this process can really
@@ -155,7 +156,8 @@ class Memory(_Strict):
         return None if self.cap is None else sizes.resolve(self.cap, total or _usable())
 
     def fit_limit(self, total: int | None = None) -> tuple[int, str]:
-        """The limit a pick's kernel peak must fit under: the cap if set, else the soft limit."""
+        """The limit a pick's peak must fit under: the cap if set (its working set, see policy.fit_peak), else
+        the soft limit (its RSS)."""
         cap = self.cap_bytes(total)
         return (cap, "cap") if cap is not None else (self.rss_limit_bytes(total), "soft limit")
 
@@ -349,7 +351,8 @@ class Spec(_Strict):
                            forecast_required=night is not None and bool(night.max_steps or night.hours),
                            limit_bytes=limit, limit_name=name, headroom_bytes=self.memory.headroom_bytes(total),
                            rss_limit_bytes=self.memory.rss_limit_bytes(total), cap_bytes=self.memory.cap_bytes(total),
-                           stress_weight=round(self.stress.max_steps / self.probe.max_steps, 2) if self.stress else 6.0)
+                           stress_weight=round(self.stress.max_steps / self.probe.max_steps, 2) if self.stress else 6.0,
+                           peak_measure="working set")
 
     def summary_lines(self, source: str) -> list[str]:
         """What `validate` prints: the limits, and every probe's argv and env diff."""

@@ -147,3 +147,24 @@ def test_without_a_writable_cgroup_it_falls_back_and_says_so(tmp_path, monkeypat
     assert rec.limits.cgroup is None and "NOT enforced" in rec.limits.cgroup_note
     assert rec.peaks.kernel_source.startswith("VmHWM") and rec.peaks.kernel_bytes >= 80 * MIB
     assert rec.evidence.oom_counter == "/proc/vmstat (system-wide)"
+
+
+def test_the_executors_read_memory_csv_of_this_runner_and_of_one_older_than_the_working_set(tmp_path):
+    from hlrp_ladder.executors.core import last_sample, substitute_record
+
+    req = request(tmp_path, ["true"])
+    req.folder.mkdir()
+    csv = req.folder / "memory.csv"
+    csv.write_text("t,rss,pss,n_procs,cgroup,gpu,working_set\n0.100,300,,1,200,,150\n0.200,400,,2,250,,180\n0.3")
+    s = last_sample(req.folder)  # the torn last line is skipped
+    assert (s.t, s.rss, s.n_procs, s.cgroup, s.working_set) == (0.2, 400, 2, 250, 180)
+    rec = substitute_record(req, Outcome.error, "its node died", None, time.time())
+    assert (rec.peaks.sampled_rss_bytes, rec.peaks.cgroup_sampled_bytes, rec.peaks.working_set_sampled_bytes,
+            rec.peaks.samples) == (400, 250, 180, 2)
+    # a runner from before the working set column, reattached after an upgrade
+    csv.write_text("t,rss,pss,n_procs,cgroup,gpu\n0.100,300,,1,200,\n0.200,500,,2,260,\n")
+    s = last_sample(req.folder)
+    assert (s.rss, s.cgroup, s.working_set) == (500, 260, None)
+    rec = substitute_record(req, Outcome.error, "its node died", None, time.time())
+    assert (rec.peaks.sampled_rss_bytes, rec.peaks.cgroup_sampled_bytes, rec.peaks.working_set_sampled_bytes,
+            rec.peaks.samples) == (500, 260, None, 2)

@@ -122,11 +122,13 @@ def last_sample(folder: Path):
         return None
     for line in reversed(lines[1:] if size <= 512 else lines):
         parts = line.split(",")
-        if len(parts) == 7 and parts[0] and parts[0] != "t":  # a torn last line has fewer
+        # 7 columns; 6 from a runner older than the working set (a probe reattached across an upgrade). A line
+        # torn inside its last number still parses: it is shown, never judged.
+        if len(parts) in (6, 7) and parts[0] and parts[0] != "t":
             try:
                 num = lambda x: int(x) if x else None  # noqa: E731
                 return Sample(float(parts[0]), int(parts[1]), num(parts[2]), int(parts[3]), num(parts[4]),
-                              num(parts[5]), num(parts[6]))
+                              num(parts[5]), num(parts[6]) if len(parts) == 7 else None)
             except ValueError:
                 continue
     return None
@@ -143,7 +145,7 @@ def substitute_record(request: ProbeRequest, outcome: Outcome, detail: str, log_
     try:
         rows = [r.split(",") for r in (request.folder / "memory.csv").read_text().splitlines()[1:]]
         num = lambda x: int(x) if x else None  # noqa: E731
-        values = [(int(r[1]), num(r[4]), num(r[6])) for r in rows if len(r) == 7 and r[1]]
+        values = [(int(r[1]), num(r[4]), num(r[6]) if len(r) == 7 else None) for r in rows if len(r) in (6, 7) and r[1]]
         if values:
             peaks.sampled_rss_bytes = max(v[0] for v in values)
             charged = [v[1] for v in values if v[1] is not None]
