@@ -44,6 +44,7 @@ def test_ladder_stops_at_the_first_kernel_oom_and_reports(tmp_path, need_cgroup)
     assert "warm-up (bs=2, not counted): ok" in res.stderr
     state = json.loads((run / "ladder.json").read_text())
     cap = state["plan"]["cap_bytes"]
+    assert state["plan"]["peak_measure"] == "working set"  # the measure this run is judged on, kept for resume
     assert json.loads((run / "warmup" / "request.json").read_text())["cap_bytes"] == 2 * cap  # room for the cache
     assert json.loads((run / "bs-0002" / "request.json").read_text())["cap_bytes"] == cap
     assert state["status"] == "done" and state["pick"] == 8
