@@ -151,7 +151,8 @@ def forecast_frame(view: RunView) -> pd.DataFrame:
             "predicted GiB": _gib(fc.predicted_peak_bytes),
             "limit GiB": None if fc.limit_bytes is None else round(fc.limit_bytes / GIB, 3),
             # "fits" is judged against the limit less the headroom: show that number, not only the limit.
-            "less headroom GiB": None if fc.limit_bytes is None else round((fc.limit_bytes - fc.headroom_bytes) / GIB, 3),
+            "less headroom GiB": None if fc.limit_bytes is None else
+            round((fc.limit_bytes - fc.headroom_bytes) / GIB, 3),
             "fits": fc.fits,
         })
     return pd.DataFrame(rows)

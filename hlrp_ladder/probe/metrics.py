@@ -121,8 +121,8 @@ class LiveMetrics:
         return None, "none"
 
     def finish(self, timeline: list[tuple[float, int, Optional[int], Optional[int]]], end_t: float) -> Metrics:
-        """The probe's metrics; ``timeline`` rows are (t, tree rss, cgroup bytes, working set), one per sample; ``end_t`` is
-        when the main process was reaped, on the same clock."""
+        """The probe's metrics; ``timeline`` rows are (t, tree rss, cgroup bytes, working set), one per sample;
+        ``end_t`` is when the main process was reaped, on the same clock."""
         self.poll(None)
         times = [row[0] for row in timeline]
 
