@@ -64,6 +64,28 @@ def _preflight(spec: Spec, spec_path: Path, skip: bool, variants: bool = False) 
               f"{time.monotonic() - start:.1f} s", highlight=False)
 
 
+def _start(runner, spec_path: Path, run_ref: Optional[str], resume: bool, skip_preflight: bool,
+           compare: bool = False):
+    """What `run` and `compare` share: the spec, preflight (on resume too: a shard or a dir can vanish between
+    attempts), then ``runner`` (run_ladder or run_compare) with the live view, inside the delegated cgroup when
+    local."""
+    from hlrp_ladder.live import LiveView
+    from hlrp_ladder.probe import cgroup as cgroups
+
+    if run_ref is not None and not resume:
+        raise StoreError(f"{run_ref}: a RUN is only taken with --resume")
+    spec = load_spec(spec_path)
+    if compare and spec.compare is None:
+        raise SpecError(f"{spec_path}: compare: the spec has no compare section (batch_size, variants, ...)")
+    # A delegated cgroup v2 gets its memory controller enabled first, so preflight sees the cap the run will have.
+    leaf = cgroups.delegate() if spec.executor.kind == "local" else None
+    try:
+        _preflight(spec, spec_path, skip_preflight, variants=compare)
+        return runner(spec, LiveView(err), (run_ref or "latest") if resume else None, ["hlrp-ladder", *sys.argv[1:]])
+    finally:
+        cgroups.undelegate(leaf)
+
+
 @app.command()
 @user_errors
 def run(spec_path: Path = typer.Argument(..., metavar="SPEC", help="ladder spec (YAML)"),
@@ -75,20 +97,8 @@ def run(spec_path: Path = typer.Argument(..., metavar="SPEC", help="ladder spec 
 
     hlrp-ladder run SPEC --resume [RUN] continues a run that was interrupted or killed."""
     from hlrp_ladder.ladder import run_ladder
-    from hlrp_ladder.live import LiveView
-    from hlrp_ladder.probe import cgroup as cgroups
 
-    if run_ref is not None and not resume:
-        raise StoreError(f"{run_ref}: a RUN is only taken with --resume")
-    spec = load_spec(spec_path)
-    # A delegated cgroup v2 gets its memory controller enabled first, so preflight sees the cap the run will have.
-    leaf = cgroups.delegate() if spec.executor.kind == "local" else None
-    try:
-        _preflight(spec, spec_path, skip_preflight)  # on resume too: a shard or a dir can vanish between attempts
-        result = run_ladder(spec, LiveView(err), (run_ref or "latest") if resume else None,
-                            ["hlrp-ladder", *sys.argv[1:]])
-    finally:
-        cgroups.undelegate(leaf)
+    result = _start(run_ladder, spec_path, run_ref, resume, skip_preflight)
     verdict = result.verdict
     if verdict.exit_code == policy.EXIT_PICK:
         out.print(f"[bold green]pick: bs={verdict.pick}[/] — {verdict.reason}", highlight=False)
@@ -110,21 +120,8 @@ def compare(spec_path: Path = typer.Argument(..., metavar="SPEC", help="a spec w
     """Run the variant matrix (compare section: every variant x repeat at one batch size) through the spec's
     executor; hlrp-ladder report then gives the table, the pairs with their noise bands, and the plot."""
     from hlrp_ladder.compare_runner import run_compare
-    from hlrp_ladder.live import LiveView
-    from hlrp_ladder.probe import cgroup as cgroups
 
-    if run_ref is not None and not resume:
-        raise StoreError(f"{run_ref}: a RUN is only taken with --resume")
-    spec = load_spec(spec_path)
-    if spec.compare is None:
-        raise SpecError(f"{spec_path}: compare: the spec has no compare section (batch_size, variants, ...)")
-    leaf = cgroups.delegate() if spec.executor.kind == "local" else None
-    try:
-        _preflight(spec, spec_path, skip_preflight, variants=True)
-        result = run_compare(spec, LiveView(err), (run_ref or "latest") if resume else None,
-                             ["hlrp-ladder", *sys.argv[1:]])
-    finally:
-        cgroups.undelegate(leaf)
+    result = _start(run_compare, spec_path, run_ref, resume, skip_preflight, compare=True)
     label = "stopped" if result.verdict.exit_code else "done"
     (err if result.verdict.exit_code else out).print(f"{label}: {result.verdict.reason}", highlight=False,
                                                      markup=False)
