@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +19,17 @@ def cli(*args: str, cwd=None, timeout=120, **kwargs) -> subprocess.CompletedProc
     """Run the real CLI as a user would."""
     return subprocess.run([sys.executable, "-m", "hlrp_ladder", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, **kwargs)
+
+
+def start_until(*args: str, cwd: Path, pattern: str, count: int, timeout=60.0) -> subprocess.Popen:
+    """``hlrp-ladder ARGS`` started in the background, returned once ``count`` files under ``cwd`` match the glob
+    ``pattern`` (or after ``timeout`` s): a run caught mid-way, to be signalled by the test."""
+    proc = subprocess.Popen([sys.executable, "-m", "hlrp_ladder", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(list(Path(cwd).glob(pattern))) < count:
+        time.sleep(0.05)
+    return proc
 
 
 @pytest.fixture

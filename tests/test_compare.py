@@ -3,16 +3,14 @@ their noise bands (pure), the apples-to-apples flags, the report in md/json/csv,
 blocked variant."""
 import json
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from hlrp_ladder import compare
 from hlrp_ladder.spec import parse_spec
-from tests.conftest import MEMHOG, cli
+from tests.conftest import MEMHOG, cli, start_until
 
 # ---- pure: the deltas and their noise bands ----------------------------------------------------------------------
 WORDS = ("faster", "slower")
@@ -166,11 +164,7 @@ def test_one_run_per_variant_says_no_noise_band(tmp_path):
 def test_a_killed_compare_resumes_where_it_stopped(tmp_path, marker):
     spec = hog_compare(tmp_path, repeats=2, parallel=1)
     spec.write_text(spec.read_text().replace('"step_s=0.01"', f'"step_s=0.01", "{marker}"'))
-    proc = subprocess.Popen([sys.executable, "-m", "hlrp_ladder", "compare", str(spec)], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(list((tmp_path / "runs").glob("cmp/*/*/result.json"))) < 3:
-        time.sleep(0.05)
+    proc = start_until("compare", str(spec), cwd=tmp_path, pattern="runs/cmp/*/*/result.json", count=3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     res = cli("compare", str(spec), "--resume", cwd=tmp_path, timeout=300)

@@ -3,12 +3,10 @@ in its own capped cgroup, speculative probes cancelled and kept, a machine too s
 import json
 import re
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from tests.conftest import MEMHOG, cli
+from tests.conftest import MEMHOG, cli, start_until
 
 
 def spec(tmp_path: Path, name: str, *, parallel: int, cap="250MiB", extra="", args=()) -> Path:
@@ -67,11 +65,7 @@ def test_too_many_slots_for_the_machine_are_refused(tmp_path):
 
 def test_ctrl_c_with_two_probes_in_flight(tmp_path, marker):
     path = spec(tmp_path, "cc", parallel=2, cap="1GiB", args=["steps=3000", marker])
-    proc = subprocess.Popen([sys.executable, "-m", "hlrp_ladder", "run", str(path)], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(list((tmp_path / "runs").glob("cc/*/bs-*/running.json"))) < 2:
-        time.sleep(0.05)
+    proc = start_until("run", str(path), cwd=tmp_path, pattern="runs/cc/*/bs-*/running.json", count=2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
