@@ -1,6 +1,7 @@
 # The README's two commands. Each does all of its own set-up on a fresh machine:
 #   make demo   install, generate the local TFDS mixture, run the ladder on the bundled trainer, write the report
-#   make test   install, run the test suite
+#   make test   install, check the house's import layers (lint-imports), run the whole test suite
+# and, while working: make test-fast (the pure tests, seconds), make lint-imports, make bench.
 PYTHON ?= python3
 VENV   ?= .venv
 # torch goes in first and pinned: a plain "torch" requirement pulls a multi-GB CUDA build. On a GPU machine,
@@ -10,7 +11,7 @@ SPEC   ?= ladders/local_s2.yaml
 DATA_DIR ?= $(HOME)/.cache/hlrp-ladder/tfds
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test test-fast lint-imports bench
 
 setup: $(VENV)/.installed
 
@@ -30,8 +31,15 @@ demo: setup
 	$(BIN)/hlrp-ladder run $(SPEC); status=$$?; \
 	  $(BIN)/hlrp-ladder report --spec $(SPEC) && exit $$status
 
-test: setup
+test: setup lint-imports
 	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m pure
+
+# The layers contract in pyproject.toml: a module importing from a layer above it fails here (and so in CI).
+lint-imports: setup
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python bench/monitor_bench.py

@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from hlrp_ladder.records import ProbeRequest  # noqa: E402
 from hlrp_ladder.probe.runner import run_probe  # noqa: E402
+from hlrp_ladder.probe.host import usable_memory  # noqa: E402
 from hlrp_ladder.spec import Recipe, load_spec  # noqa: E402
 
 MIB = 2**20
@@ -46,9 +47,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hlrp-stress-") as tmp:
         for i, (name, steps, every, batches, env) in enumerate(VARIANTS):
             recipe = Recipe(max_steps=steps, check_interval=every, limit_batches=batches, keys=spec.probe.keys)
-            req = ProbeRequest(folder=Path(tmp) / f"v{i}", batch_size=args.bs, phase="bench", attempt=1,
+            req = ProbeRequest(folder=Path(tmp) / f"v{i}", batch_size=args.bs, phase="ladder", attempt=1,
                                argv=spec.argv(args.bs, recipe), env=env, cwd=str(ROOT),
-                               rss_limit_bytes=spec.memory.rss_limit_bytes(), cap_bytes=None, metric="rss",
+                               rss_limit_bytes=spec.memory.rss_limit_bytes(usable_memory()), cap_bytes=None, metric="rss",
                                interval_s=0.1, timeout_s=900, kill_grace_s=5, cgroup_name=f"stress-attr-{os.getpid()}-{i}")
             rec = run_probe(req)
             vals = [(p.step, (p.cgroup_bytes or 0) // MIB) for p in rec.metrics.val_points]

@@ -5,6 +5,7 @@ import functools
 import json
 import shlex
 import sys
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -12,9 +13,17 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from hlrp_ladder import policy
-from hlrp_ladder.spec import Spec, SpecError, load_spec
-from hlrp_ladder.store import RunStore, StoreError
+from hlrp_ladder import executors, overnight, preflight
+from hlrp_ladder import report as ladder_report
+from hlrp_ladder import search as policy
+from hlrp_ladder.compare import report as compare_report
+from hlrp_ladder.compare.matrix import summary_lines as compare_lines
+from hlrp_ladder.compare.runner import run_compare
+from hlrp_ladder.run.ladder import run_ladder
+from hlrp_ladder.run.live import LiveView
+from hlrp_ladder.run.store import RunStore, StoreError
+from hlrp_ladder.spec import Spec, SpecError, load_spec, load_yaml, masked_keys, parse_spec
+from hlrp_ladder.spec.summary import summary_lines
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find the largest batch size a training run survives in host RAM, before the long run.")
@@ -45,9 +54,6 @@ def _preflight(spec: Spec, spec_path: Path, skip: bool, variants: bool = False) 
     if skip:
         err.print("preflight: skipped (--skip-preflight)", highlight=False)
         return
-    import time
-
-    from hlrp_ladder import preflight
 
     start = time.monotonic()
     findings = preflight.findings(spec, str(spec_path), variants)
@@ -69,21 +75,16 @@ def _start(runner, spec_path: Path, run_ref: Optional[str], resume: bool, skip_p
     """What `run` and `compare` share: the spec, preflight (on resume too: a shard or a dir can vanish between
     attempts), then ``runner`` (run_ladder or run_compare) with the live view, inside the delegated cgroup when
     local."""
-    from hlrp_ladder.live import LiveView
-    from hlrp_ladder.probe import cgroup as cgroups
-
     if run_ref is not None and not resume:
         raise StoreError(f"{run_ref}: a RUN is only taken with --resume")
     spec = load_spec(spec_path)
     if compare and spec.compare is None:
         raise SpecError(f"{spec_path}: compare: the spec has no compare section (batch_size, variants, ...)")
-    # A delegated cgroup v2 gets its memory controller enabled first, so preflight sees the cap the run will have.
-    leaf = cgroups.delegate() if spec.executor.kind == "local" else None
-    try:
+    # Inside the executor's session (a delegated cgroup v2 gets its memory controller enabled), so preflight sees
+    # the cap the run will have.
+    with executors.create(spec).session():
         _preflight(spec, spec_path, skip_preflight, variants=compare)
         return runner(spec, LiveView(err), (run_ref or "latest") if resume else None, ["hlrp-ladder", *sys.argv[1:]])
-    finally:
-        cgroups.undelegate(leaf)
 
 
 @app.command()
@@ -96,8 +97,6 @@ def run(spec_path: Path = typer.Argument(..., metavar="SPEC", help="ladder spec 
     """Run the ladder: one probe per rung, stop at the first failure, keep the last stable batch size.
 
     hlrp-ladder run SPEC --resume [RUN] continues a run that was interrupted or killed."""
-    from hlrp_ladder.ladder import run_ladder
-
     result = _start(run_ladder, spec_path, run_ref, resume, skip_preflight)
     verdict = result.verdict
     if verdict.exit_code == policy.EXIT_PICK:
@@ -119,8 +118,6 @@ def compare(spec_path: Path = typer.Argument(..., metavar="SPEC", help="a spec w
             skip_preflight: bool = typer.Option(False, "--skip-preflight")):
     """Run the variant matrix (compare section: every variant x repeat at one batch size) through the spec's
     executor; hlrp-ladder report then gives the table, the pairs with their noise bands, and the plot."""
-    from hlrp_ladder.compare_runner import run_compare
-
     result = _start(run_compare, spec_path, run_ref, resume, skip_preflight, compare=True)
     label = "stopped" if result.verdict.exit_code else "done"
     (err if result.verdict.exit_code else out).print(f"{label}: {result.verdict.reason}", highlight=False,
@@ -133,7 +130,8 @@ def compare(spec_path: Path = typer.Argument(..., metavar="SPEC", help="a spec w
 @user_errors
 def validate(spec_path: Path = typer.Argument(..., metavar="SPEC")):
     """Check a spec and print the probes it would run (argv, env diff)."""
-    for line in load_spec(spec_path).summary_lines(str(spec_path)):
+    spec = load_spec(spec_path)
+    for line in summary_lines(spec, str(spec_path), executors.create(spec).usable_memory()) + compare_lines(spec):
         out.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
@@ -142,10 +140,6 @@ def validate(spec_path: Path = typer.Argument(..., metavar="SPEC")):
 def preflight_cmd(spec_path: Path = typer.Argument(..., metavar="SPEC"),
                   as_json: bool = typer.Option(False, "--json", help="the findings as JSON")):
     """Find every environment blocker at once (dirs, datasets, network, files, memory, launcher) in seconds."""
-    import time
-
-    from hlrp_ladder import preflight
-
     spec = load_spec(spec_path)
     start = time.monotonic()
     findings = preflight.findings(spec, str(spec_path))
@@ -175,9 +169,6 @@ def report(run: Optional[str] = typer.Argument(None, help="run folder, NAME/RUN-
            out_dir: Path = typer.Option(Path("reports"), "--out", help="where reports are written")):
     """Write reports/<name>-<run-id>.md (or .json/.csv) for a run (a ladder or a compare matrix) and print its
     table."""
-    from hlrp_ladder import compare_report
-    from hlrp_ladder import report as ladder_report
-
     name = None
     if spec_path is not None:
         spec = load_spec(spec_path)
@@ -198,8 +189,6 @@ def report(run: Optional[str] = typer.Argument(None, help="run folder, NAME/RUN-
 
 def _run_and_spec(run: Optional[str], runs_dir: Path, spec_path: Optional[Path]):
     """The run (default: the latest) and its spec: the given file, or the run's snapshot."""
-    from hlrp_ladder.spec import load_yaml, masked_keys, parse_spec
-
     name = None
     spec = None
     if spec_path is not None:
@@ -228,20 +217,19 @@ def launch_overnight(run: Optional[str] = typer.Argument(None, help="the ladder 
                      runs_dir: Path = typer.Option(Path("runs"), help="where runs are"),
                      skip_preflight: bool = typer.Option(False, "--skip-preflight")):
     """Start the long run with the pick, detached (tmux when installed), under the same memory monitor."""
-    from hlrp_ladder import overnight
-
     store, spec = _run_and_spec(run, runs_dir, spec_path)
-    plan = overnight.plan_launch(spec, store, pick, force)
-    for line in overnight.describe_launch(plan):
+    executor = executors.create(spec)
+    launch = overnight.plan_launch(spec, store, executor, pick, force)
+    for line in overnight.launch_lines(launch):
         out.print(line, highlight=False, markup=False)
     if dry_run:
         out.print("dry run: nothing started", highlight=False)
         return
     overnight.refuse_if_live(store, force)
     _preflight(spec, spec_path or store.root / "spec.yaml", skip_preflight)
-    started = overnight.launch(store, spec, plan, force)
-    watch = f"tmux attach -t {plan.name}" if plan.tmux else f"tail -f {plan.request.folder / 'log.txt'}"
-    out.print(f"started: {started}; watch: {watch}; hlrp-ladder status {store.root}", highlight=False, markup=False)
+    started = overnight.launch(store, executor, launch, force)
+    out.print(f"started: {started}; watch: {launch.watch}; hlrp-ladder status {store.root}", highlight=False,
+              markup=False)
 
 
 @app.command()
@@ -251,8 +239,6 @@ def status(run: Optional[str] = typer.Argument(None, help="the ladder run (defau
            runs_dir: Path = typer.Option(Path("runs"), help="where runs are"),
            spec_path: Optional[Path] = typer.Option(None, "--spec")):
     """Is the long run running or over, how much memory against the limit and the forecast, and how it ended."""
-    from hlrp_ladder import overnight
-
     if spec_path is not None:
         spec = load_spec(spec_path)
         runs_dir = Path(spec.runs_dir)

@@ -16,6 +16,27 @@ METRICS_ENV = "HLRP_LADDER_METRICS"   # where a trainer appends its metrics (the
 MARKER_ENV = "HLRP_LADDER_PROBE"      # carried by every process of a probe's tree: what resume may kill
 
 
+class Phase(str, Enum):
+    """What a probe is for. The search phases (``ladder``, ``refine``) decide where the limit lies; ``repeat`` and
+    ``stress`` confirm a candidate; ``warmup`` fills the page cache and is not counted; ``compare`` is a run of a
+    variant matrix; ``overnight`` is the long run."""
+    ladder = "ladder"
+    refine = "refine"
+    repeat = "repeat"
+    stress = "stress"
+    warmup = "warmup"
+    compare = "compare"
+    overnight = "overnight"
+
+    def __str__(self) -> str:  # "stress", not "Phase.stress", in every sentence and folder name
+        return self.value
+
+    __format__ = str.__format__
+
+
+SEARCH_PHASES = (Phase.ladder, Phase.refine)
+
+
 class Outcome(str, Enum):
     ok = "ok"
     oom_killed = "oom_killed"      # the kernel OOM-killed the main process
@@ -103,7 +124,7 @@ class Metrics(_Model):
 
 class ProbeRecord(_Model):
     batch_size: int
-    phase: str = "ladder"                    # ladder | refine | repeat | stress
+    phase: Phase = Phase.ladder
     repeat: int = 0                          # 2.. for the extra probes of `repeats`
     retry: int = 0                           # 1.. for the retries of an inconclusive (error, timeout) probe
     variant: Optional[str] = None            # compare: the variant this run belongs to
@@ -170,7 +191,7 @@ class ProbeRequest(_Model):
     folder as ``request.json`` (environment secrets masked) so the probe can be read, and re-run, from disk."""
     folder: Path                             # the probe folder; created by the runner
     batch_size: int
-    phase: str
+    phase: Phase
     attempt: int = 1
     repeat: int = 0
     retry: int = 0

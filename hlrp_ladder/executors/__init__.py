@@ -2,35 +2,28 @@
 runner, so each writes the same probe folder. ``local`` runs them here; ``slurm`` as SLURM jobs."""
 from __future__ import annotations
 
-from typing import Optional
+from pathlib import Path
 
 from hlrp_ladder.executors.core import Executor, Handle
+from hlrp_ladder.executors.local import LocalExecutor
+from hlrp_ladder.executors.slurm import SlurmExecutor
+from hlrp_ladder.probe.folder import SUBMITTED, read_json
+from hlrp_ladder.spec.model import Spec
 
 
-def create(spec) -> tuple[Executor, Optional[dict]]:
-    """The executor a spec names, and the facts of the machines it runs probes on (None: this one)."""
+def create(spec: Spec) -> Executor:
+    """The executor a spec names."""
     if spec.executor.kind == "slurm":
-        from hlrp_ladder.executors.slurm import SlurmExecutor
-
-        executor = SlurmExecutor(spec.executor.slurm, spec.name)
-        return executor, executor.facts(spec)
-    from hlrp_ladder.executors.local import LocalExecutor
-
-    return LocalExecutor(), None
-
-
-def for_folder(folder) -> Executor:
-    """The executor that submitted the probe in ``folder`` (its ``submitted.json``), to find it again."""
-    from hlrp_ladder.executors.core import SUBMITTED, read_json
-
-    info = read_json(folder / SUBMITTED) or {}
-    if info.get("executor") == "slurm":
-        from hlrp_ladder.executors.slurm import SlurmExecutor
-
-        return SlurmExecutor.from_submitted(info)
-    from hlrp_ladder.executors.local import LocalExecutor
-
+        return SlurmExecutor(spec.executor.slurm, spec.name)
     return LocalExecutor()
 
 
-__all__ = ["Executor", "Handle", "create", "for_folder"]
+def for_folder(folder: Path) -> Executor:
+    """The executor that submitted the probe in ``folder`` (its ``submitted.json``), to find it again."""
+    info = read_json(folder / SUBMITTED) or {}
+    if info.get("executor") == "slurm":
+        return SlurmExecutor.from_submitted(info)
+    return LocalExecutor()
+
+
+__all__ = ["Executor", "Handle", "LocalExecutor", "SlurmExecutor", "create", "for_folder"]

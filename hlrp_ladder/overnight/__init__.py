@@ -1,4 +1,4 @@
-"""The long run: planned from the ladder's pick (``plan``), submitted detached to the spec's executor and
+"""The long run: planned from the ladder's pick (``launch``), submitted detached to the spec's executor and
 stopped gently (``control``), and followed (``status``). It runs under the same node-side probe runner as every
 probe, so it writes a probe folder too:
 
@@ -7,8 +7,8 @@ probe, so it writes a probe folder too:
       metrics.jsonl  result.json
 """
 from hlrp_ladder.overnight.control import folders, launch, live_runs, refuse_if_live, stop
-from hlrp_ladder.overnight.plan import Launch, LaunchError, describe_launch, plan_launch
+from hlrp_ladder.overnight.launch import Launch, LaunchError, launch_lines, plan_launch
 from hlrp_ladder.overnight.status import status, status_lines
 
-__all__ = ["Launch", "LaunchError", "describe_launch", "folders", "launch", "live_runs", "plan_launch",
+__all__ = ["Launch", "LaunchError", "launch_lines", "folders", "launch", "live_runs", "plan_launch",
            "refuse_if_live", "status", "status_lines", "stop"]

@@ -1,16 +1,15 @@
 """Starting the long run detached, and stopping it gently, through the executor the spec names."""
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 from typing import Optional
 
-from hlrp_ladder import executors, host
-from hlrp_ladder.executors.core import Handle, read_json
-from hlrp_ladder.overnight.plan import Launch, LaunchError, folders
-from hlrp_ladder.spec import Spec
-from hlrp_ladder.store import RunStore
+from hlrp_ladder import executors
+from hlrp_ladder.executors.core import Executor, Handle
+from hlrp_ladder.overnight.launch import Launch, LaunchError, folders
+from hlrp_ladder.probe.folder import REQUEST, RUNNING, read_json
+from hlrp_ladder.run.store import RunStore
 
 
 def handle_of(folder: Path) -> Optional[Handle]:
@@ -33,30 +32,28 @@ def refuse_if_live(store: RunStore, force: bool) -> None:
     if force:
         return
     for folder, handle in live_runs(store):
-        bs = (read_json(folder / "request.json") or {}).get("batch_size")
-        raise LaunchError(f"an overnight run is alive: {folder} (bs={bs}, {handle.describe()}); hlrp-ladder status "
+        bs = (read_json(folder / REQUEST) or {}).get("batch_size")
+        raise LaunchError(f"an overnight run is alive: {folder} (bs={bs}, {handle.where()}); hlrp-ladder status "
                           f"shows it, --force stops it and launches anew")
 
 
-def launch(store: RunStore, spec: Spec, plan: Launch, force: bool, wait_s: float = 15.0) -> str:
+def launch(store: RunStore, executor: Executor, launch: Launch, force: bool, wait_s: float = 15.0) -> str:
     """Submit the long run detached (refusing, or with --force stopping, a live one); where it runs."""
     refuse_if_live(store, force)
     for folder, _ in live_runs(store):
         stop(folder)
-    if plan.tmux and subprocess.run(["tmux", "has-session", "-t", f"={plan.name}"],
-                                    capture_output=True).returncode == 0:
-        raise LaunchError(f"tmux session {plan.name!r} exists already; set overnight.tmux_session")
-    executor, _ = executors.create(spec)
-    if spec.executor.kind == "local":
-        executor.configure(host.facts(plan.request.cap_bytes))
-    handle = executor.submit(plan.request, detached=True, name=plan.name)
+    executor.configure(executor.facts(launch.request.cap_bytes))
+    try:
+        handle = executor.submit(launch.request, detached=True, name=launch.name)
+    except FileExistsError as exc:  # the name is taken (a tmux session of that name)
+        raise LaunchError(f"{exc}; set overnight.tmux_session") from None
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         state = handle.state()
-        if state in ("pending", "ended") or (state == "running" and (plan.request.folder / "running.json").exists()):
-            return handle.describe()
+        if state in ("pending", "ended") or (state == "running" and (launch.request.folder / RUNNING).exists()):
+            return handle.where()
         time.sleep(0.05)
-    raise LaunchError(f"the long run did not start within {wait_s:g} s; see {plan.request.folder / 'runner.log'}")
+    raise LaunchError(f"the long run did not start within {wait_s:g} s; see {launch.request.folder / 'runner.log'}")
 
 
 def stop(folder: Path, margin_s: float = 30.0) -> None:

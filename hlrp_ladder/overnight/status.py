@@ -7,14 +7,13 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from hlrp_ladder import policy
-from hlrp_ladder.executors.core import read_json, read_record
 from hlrp_ladder.overnight.control import handle_of
-from hlrp_ladder.overnight.plan import LaunchError, folders
-from hlrp_ladder.probe.node import RUNNER, STATUS, read_request
-from hlrp_ladder.records import ProbeRecord
-from hlrp_ladder.sizes import gib
-from hlrp_ladder.store import RunStore
+from hlrp_ladder.overnight.launch import LaunchError, folders
+from hlrp_ladder.probe.folder import LOG, METRICS, RESULT, RUNNER, STATUS, SUBMITTED, ProbeFolder, read_json
+from hlrp_ladder.records import Phase, ProbeRecord
+from hlrp_ladder.run.store import RunStore
+from hlrp_ladder.search.words import probe_clause
+from hlrp_ladder.util.sizes import gib
 
 
 def status(store: RunStore) -> dict:
@@ -23,22 +22,23 @@ def status(store: RunStore) -> dict:
     if not runs:
         raise LaunchError(f"{store.root}: no overnight run launched (hlrp-ladder launch-overnight {store.root})")
     folder = runs[-1]
-    req = read_request(folder)
+    probe = ProbeFolder(folder)
+    req = probe.request()
     runner, beat = read_json(folder / RUNNER) or {}, read_json(folder / STATUS) or {}
-    submitted = read_json(folder / "submitted.json") or {}
+    submitted = read_json(folder / SUBMITTED) or {}
     out = {"folder": str(folder), "batch_size": req.batch_size, "executor": submitted.get("executor", "local"),
            "runner_pid": runner.get("pid"), "host": runner.get("host"), "tmux_session": runner.get("tmux_session"),
-           "job_id": submitted.get("job_id"), "log": str(folder / "log.txt"),
+           "job_id": submitted.get("job_id"), "log": str(folder / LOG),
            "limits": {"rss_limit_bytes": req.rss_limit_bytes, "cap_bytes": req.cap_bytes, "metric": req.metric}}
     handle = handle_of(folder)
-    state = handle.state() if handle is not None else ("ended" if (folder / "result.json").exists() else "lost")
+    state = handle.state() if handle is not None else ("ended" if (folder / RESULT).exists() else "lost")
     rec = None
     if state == "ended":  # its record, with the executor's evidence merged in (SLURM's state) the first time
-        rec = handle.poll() if handle is not None else read_record(folder)
+        rec = handle.poll() if handle is not None else probe.record()
     if rec is not None:
         out.update(_ended(rec))
     elif state in ("running", "pending"):
-        out.update(state=state, where=handle.describe(),
+        out.update(state=state, where=handle.where(),
                    elapsed_s=round(time.time() - runner["started_at"], 1) if runner.get("started_at") else None,
                    rss_bytes=beat.get("rss"), cgroup_bytes=beat.get("cgroup"), peak_rss_bytes=beat.get("peak_rss"),
                    peak_cgroup_bytes=beat.get("peak_cgroup"), n_procs=beat.get("n_procs"),
@@ -48,7 +48,7 @@ def status(store: RunStore) -> dict:
         out.update(state="lost", detail="its runner is gone and left no record (killed with SIGKILL, or the machine "
                                         "rebooted?); the last heartbeat is below",
                    rss_bytes=beat.get("rss"), peak_rss_bytes=beat.get("peak_rss"))
-    out["metrics"] = _last_metrics(folder / "metrics.jsonl")
+    out["metrics"] = _last_metrics(folder / METRICS)
     out["forecast"] = _ladder_forecast(store, req.batch_size)
     return out
 
@@ -58,7 +58,7 @@ def _ended(rec: ProbeRecord) -> dict:
                 ended_at=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.ended_at)),
                 elapsed_s=round(rec.duration_s, 1), peak_bytes=rec.peak_bytes,
                 peak_source=rec.peaks.kernel_source or "sampled", sampled_rss_peak_bytes=rec.peaks.sampled_rss_bytes,
-                summary=policy.describe(rec))
+                summary=probe_clause(rec))
 
 
 def status_lines(st: dict) -> list[str]:
@@ -127,7 +127,7 @@ def _last_metrics(path: Path) -> dict:
 
 def _ladder_forecast(store: RunStore, bs: int) -> Optional[dict]:
     for rec in store.load().records:
-        if rec.batch_size == bs and rec.phase == "stress" and rec.forecast is not None:
+        if rec.batch_size == bs and rec.phase == Phase.stress and rec.forecast is not None:
             fc = rec.forecast
             return {"kind": fc.kind, "predicted_peak_bytes": fc.predicted_peak_bytes, "domain": fc.domain,
                     "slope_mib_per_cycle": fc.slope_mib_per_cycle, "reason": fc.reason}

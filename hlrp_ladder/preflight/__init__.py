@@ -7,7 +7,8 @@ way. ``run`` and ``launch-overnight`` call :func:`run_checks` first; any blockin
 from hlrp_ladder.preflight.core import (Context, Finding, build_context, check, context_hook, findings, registry,
                                        run_checks, table)
 from hlrp_ladder.preflight import checks as _checks  # noqa: F401,E402  (registers the built-in checks)
-from hlrp_ladder.executors.slurm import checks as _slurm  # noqa: F401,E402  (the SLURM executor's own)
+from hlrp_ladder.preflight import local as _local  # noqa: F401,E402  (the local executor's)
+from hlrp_ladder.preflight import slurm as _slurm  # noqa: F401,E402  (the SLURM executor's)
 
 __all__ = ["Context", "Finding", "build_context", "check", "context_hook", "findings", "registry", "run_checks",
            "table"]

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from hlrp_ladder.preflight.core import FAIL, OK, SKIP, WARN, Context, Finding, check
-from hlrp_ladder.sizes import gib
 
 WANDB_HOST = "api.wandb.ai"
 FILE_KEY_ENDINGS = (".checkpoint", "_checkpoint", "_path", ".path", "_file", ".file")
@@ -184,71 +183,6 @@ def probe_command(ctx: Context) -> Iterator[Finding]:
         yield Finding("probe command", FAIL, f"{script} does not exist", "fix command in the spec")
         return
     yield Finding("probe command", OK, f"{exe} found")
-
-
-@check("memory")
-def memory(ctx: Context) -> Iterator[Finding]:
-    """Local probes: the limits against this machine, and whether a cap can be enforced here (on a cluster the
-    executor's own checks compare them with its nodes)."""
-    if ctx.spec.executor.kind != "local":
-        return
-    from hlrp_ladder.host import usable_memory
-
-    mem, total = ctx.spec.memory, usable_memory()
-    limit = mem.rss_limit_bytes(total)
-    if limit >= total:
-        yield Finding("memory rss_limit", FAIL, f"soft limit {gib(limit)} is not below this machine's {gib(total)}: the "
-                                                f"kernel would kill first", "use a share, e.g. memory.rss_limit: 85%")
-    else:
-        yield Finding("memory rss_limit", OK, f"soft limit {gib(limit)} of {gib(total)} RAM")
-    cap = mem.cap_bytes(total)
-    if cap is None:
-        return
-    if cap >= total:
-        yield Finding("memory cap", FAIL, f"cap {gib(cap)} is not below this machine's {gib(total)}",
-                      "a cap emulates a smaller machine: set it below the RAM here")
-        return
-    from hlrp_ladder.probe import cgroup
-
-    cg, note = cgroup.create(f"preflight-{os.getpid()}-{threading.get_ident()}", cap)
-    if cg is None:  # not a blocker: the run goes on with the soft limit, and says so
-        yield Finding("memory cap", WARN, f"no cap: {gib(cap)} cannot be enforced here ({note}); the run goes on "
-                                          f"with the soft limit only, lowered to {gib(cap)}",
-                      "run as root, or from a cgroup delegated to you (systemd-run --user --scope -p "
-                      "Delegate=yes ...), or remove memory.cap")
-        return
-    cg.remove()
-    headroom = mem.headroom_bytes(total)
-    if headroom and headroom >= cap:
-        yield Finding("memory headroom", FAIL, f"headroom {gib(headroom)} is not below the cap {gib(cap)}")
-    yield Finding("memory cap", OK, f"cap {gib(cap)} enforceable through a cgroup {cg.version} memory controller")
-
-
-@check("parallel")
-def parallel(ctx: Context) -> Iterator[Finding]:
-    """Local slots must fit this machine together: their limits in its memory, their cores in its cores."""
-    ex = ctx.spec.executor
-    if ex.kind != "local" or ex.max_parallel == 1:
-        return
-    from hlrp_ladder.host import usable_memory
-
-    total, mem = usable_memory(), ctx.spec.memory
-    each = mem.cap_bytes(total) or mem.rss_limit_bytes(total)
-    what = "cap" if mem.cap else "soft limit"
-    if ex.max_parallel * each > total:
-        yield Finding("parallel memory", FAIL, f"{ex.max_parallel} slots x the {gib(each)} {what} = "
-                      f"{gib(ex.max_parallel * each)} > the {gib(total)} this machine can use",
-                      f"lower executor.max_parallel to {max(1, total // each)} or the {what}")
-    else:
-        yield Finding("parallel memory", OK, f"{ex.max_parallel} slots x the {gib(each)} {what} fit in {gib(total)}")
-    cores = len(os.sched_getaffinity(0))
-    per = ex.cpus_per_probe or max(1, cores // ex.max_parallel)
-    if ex.max_parallel * per > cores:
-        yield Finding("parallel cores", FAIL, f"{ex.max_parallel} slots x {per} core(s) > the {cores} cores here: "
-                      f"probes competing for CPU measure different peaks",
-                      f"lower executor.max_parallel or executor.cpus_per_probe (at most {cores} cores in all)")
-    else:
-        yield Finding("parallel cores", OK, f"{ex.max_parallel} slots of {per} core(s) each, pinned (of {cores})")
 
 
 @check("overnight")

@@ -4,9 +4,10 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
-from hlrp_ladder.spec import Spec
+from hlrp_ladder.compare.matrix import split
+from hlrp_ladder.spec.model import Spec
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 
@@ -34,16 +35,17 @@ class Context:
 
 CheckFn = Callable[[Context], Iterable[Finding]]
 HookFn = Callable[[Context], None]
-registry: list[tuple[str, CheckFn]] = []
+registry: list[tuple[str, Optional[str], CheckFn]] = []   # (name, the executor it is for or None: all, check)
 hooks: list[HookFn] = []
 PLUGIN_GROUP = "hlrp_ladder.preflight"
 _loaded = False
 
 
-def check(name: str) -> Callable[[CheckFn], CheckFn]:
-    """Register a check. It returns (or yields) Findings; an exception in it becomes a failed Finding."""
+def check(name: str, executor: Optional[str] = None) -> Callable[[CheckFn], CheckFn]:
+    """Register a check (for specs of one ``executor`` kind only, or all). It returns (or yields) Findings; an
+    exception in it becomes a failed Finding."""
     def register(fn: CheckFn) -> CheckFn:
-        registry.append((name, fn))
+        registry.append((name, executor, fn))
         return fn
     return register
 
@@ -90,8 +92,9 @@ def run_checks(ctx: Context) -> list[Finding]:
     """Every registered check, concurrently (network checks wait on timeouts, not on the CPU), in order."""
     broken = [Finding("plugin", WARN, f"a preflight plugin failed to load, so its checks did not run: {error}")
               for error in ctx.notes.get("plugin_errors", [])]
-    with ThreadPoolExecutor(max_workers=max(1, len(registry))) as pool:
-        futures = [pool.submit(_run_one, name, fn, ctx) for name, fn in registry]
+    mine = [(name, fn) for name, executor, fn in registry if executor in (None, ctx.spec.executor.kind)]
+    with ThreadPoolExecutor(max_workers=max(1, len(mine))) as pool:
+        futures = [pool.submit(_run_one, name, fn, ctx) for name, fn in mine]
         return broken + [f for fut in futures for f in fut.result()]
 
 
@@ -117,8 +120,6 @@ def findings(spec: Spec, spec_path: str = "", variants: bool = True) -> list[Fin
     found = run_checks(build_context(spec, spec_path))
     if not variants or spec.compare is None:
         return found
-    from hlrp_ladder.compare import split
-
     seen = {(f.check, f.status, f.detail) for f in found}
     for name, items in spec.compare.variants.items():
         overrides, env = split(items)

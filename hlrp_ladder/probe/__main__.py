@@ -1,3 +1,4 @@
+"""`python -m hlrp_ladder.probe FOLDER`: the node-side runner (see node.py)."""
 import sys
 
 from hlrp_ladder.probe.node import main

@@ -26,10 +26,6 @@ class KernelLog:
         except OSError:
             self.fd = None
 
-    @property
-    def readable(self) -> bool:
-        return self.fd is not None
-
     def killed_pids(self) -> Optional[set[int]]:
         """Pids the kernel OOM-killed since this was opened; None when the log cannot be read."""
         if self.fd is None:

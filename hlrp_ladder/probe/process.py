@@ -1,22 +1,36 @@
-"""Starting a probe in its own session (and cgroup), and killing its whole tree."""
+"""Starting a probe in its own session (and cgroup), killing its whole tree, and finding what a probe that lost
+its monitor left running."""
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import subprocess
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import psutil
 
+from hlrp_ladder.probe import cgroup as cgroups
 from hlrp_ladder.probe.cgroup import MemoryCgroup
+from hlrp_ladder.records import MARKER_ENV
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)  # resolved before any fork: nothing to look up in the child
 
 
-def _child_setup(procs_file: Optional[bytes], parent_pid: int, cpus: Optional[list[int]] = None):
+def die_with(parent_pid: int) -> Callable[[], None]:
+    """For a child between fork and exec: if ``parent_pid`` (the process that forks it) dies, even by SIGKILL,
+    the kernel kills the child too. A parent that died before ``prctl`` took effect is caught by the pid check."""
+    def setup() -> None:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(137)
+    return setup
+
+
+def _child_setup(procs_file: Optional[bytes], parent_pid: int, cpus: Optional[list[int]] = None) -> Callable[[], None]:
     """Runs in the child between fork and exec: join the cgroup, take its slot's cores, die with the runner."""
     def setup() -> None:
         if cpus:
@@ -28,10 +42,7 @@ def _child_setup(procs_file: Optional[bytes], parent_pid: int, cpus: Optional[li
                 os.write(fd, b"0")  # "0" = the writing process itself
             finally:
                 os.close(fd)
-        # If the orchestrator is killed (even with SIGKILL), the kernel kills the probe with it.
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent_pid:  # the orchestrator died before prctl took effect
-            os._exit(137)
+        die_with(parent_pid)()  # a runner killed outright (even with SIGKILL) takes the probe with it
     return setup
 
 
@@ -67,7 +78,8 @@ def signal_tree(pgid: int, known: Iterable[psutil.Process], cgroup: Optional[Mem
                 pass
 
 
-def alive(known: Iterable[psutil.Process]) -> list[psutil.Process]:
+def still_running(known: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """The processes of ``known`` that still run (zombies are dead)."""
     out = []
     for proc in known:
         try:
@@ -76,3 +88,35 @@ def alive(known: Iterable[psutil.Process]) -> list[psutil.Process]:
         except psutil.Error:
             pass
     return out
+
+
+def kill_leftovers(running_file: Path) -> int:
+    """Kill what a probe recorded in ``running.json`` and still runs: only what is surely its own — the main
+    process (same pid *and* start time), processes whose environment carries the probe's marker, and members
+    of its cgroup. A process group id alone proves nothing (days later it may be another user's)."""
+    try:
+        info = json.loads(running_file.read_text())
+    except (OSError, ValueError):
+        return 0
+    marker, targets = info.get("marker"), []
+    for proc in psutil.process_iter(["pid", "create_time"]):
+        if proc.pid == os.getpid():
+            continue
+        try:
+            if proc.pid == info.get("pid") and abs(proc.info["create_time"] - float(info.get("create_time") or 0)) < 1:
+                targets.append(proc)
+            elif marker and proc.environ().get(MARKER_ENV) == marker:
+                targets.append(proc)
+        except (psutil.Error, OSError):  # gone, or another user's (whose environment we may not read)
+            continue
+    cg = cgroups.find(info.get("cgroup") or "")
+    hit = {proc.pid for proc in targets} | set(cg.pids() if cg is not None else [])
+    for proc in targets:
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            pass
+    if cg is not None:
+        cg.kill_all()
+        cg.remove()
+    return len(hit)

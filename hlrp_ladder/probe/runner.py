@@ -13,21 +13,45 @@ import signal
 import subprocess
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
-from hlrp_ladder.executors.core import OnSample, ShouldStop
 from hlrp_ladder.probe import cgroup as cgroups
+from hlrp_ladder.probe.folder import (ARGV, CSV_HEADER, LOG, MEMORY, METRICS, RESULT, RUNNING, PeakTracker, ProbeFolder,
+                                      Sample)
 from hlrp_ladder.probe.kernel_log import KernelLog
 from hlrp_ladder.probe.metrics import LiveMetrics, read_tail
 from hlrp_ladder.probe.outcome import classify
-from hlrp_ladder.probe.process import alive, signal_tree, spawn
-from hlrp_ladder.probe.sampler import CSV_HEADER, TreeSampler
+from hlrp_ladder.probe.process import signal_tree, spawn, still_running
+from hlrp_ladder.probe.sampler import TreeSampler
 from hlrp_ladder.records import MARKER_ENV, METRICS_ENV, Limits, Peaks, ProbeRecord, ProbeRequest
-from hlrp_ladder.masking import MASK, mask, mask_argv
-from hlrp_ladder.files import RESULT, RUNNING, write_json, write_json_once
+from hlrp_ladder.util.files import write_json
+from hlrp_ladder.util.masking import MASK, mask, mask_argv
 
 CSV_FLUSH_S = 0.5
+OnSample = Callable[[ProbeRequest, Sample], None]   # called after every sample (the heartbeat)
+ShouldStop = Callable[[], bool]                     # polled every sample: True stops the probe (Ctrl-C)
+
+
+@dataclass
+class Ending:
+    """How the main process ended, and what the monitor saw: everything the record is made from."""
+    started_at: float
+    exited_at: float
+    status: int                              # os.waitstatus_to_exitcode's: negative = killed by that signal
+    stop_reason: Optional[str]               # what the monitor did: rss_breach | timeout | interrupted | None
+    oom_before: Optional[int]
+    oom_after: Optional[int]
+    oom_counter: str
+    cgroup: Optional[cgroups.MemoryCgroup]
+    cgroup_note: str
+    peaks: Peaks
+    timeline: list                           # (t, rss, cgroup, working set) per sample
+    end_t: float                             # when the main process was reaped, on the sampler's clock
+    leftovers: int = 0                       # processes the tree left running, killed after the main one
+    victims: Optional[set[int]] = None       # pids of the tree the kernel log names as OOM-killed
+    main_pid: Optional[int] = None
 
 
 def _env_diff(request: ProbeRequest, metrics_path: Path, marker: str) -> dict[str, str]:
@@ -73,14 +97,14 @@ def _cgroup(request: ProbeRequest) -> tuple[Optional[cgroups.MemoryCgroup], str]
 
 def run_probe(request: ProbeRequest, on_sample: Optional[OnSample] = None,
               should_stop: Optional[ShouldStop] = None) -> ProbeRecord:
+    """Run the probe ``request`` describes under the monitor, to its record (written to ``result.json``)."""
     folder = request.folder
     folder.mkdir(parents=True, exist_ok=True)
     if (folder / RESULT).exists():
         raise FileExistsError(f"{folder / RESULT} exists: a probe folder is used once")
     marker = request.probe_id or uuid.uuid4().hex
-    metrics_path = folder / "metrics.jsonl"
-    env_diff = _env_diff(request, metrics_path, marker)
-    write_json(folder / "argv.json", {"argv": mask_argv(request.argv), "env": mask(env_diff), "cwd": request.cwd})
+    env_diff = _env_diff(request, folder / METRICS, marker)
+    write_json(folder / ARGV, {"argv": mask_argv(request.argv), "env": mask(env_diff), "cwd": request.cwd})
 
     cg, cg_note = _cgroup(request)
     try:
@@ -108,20 +132,21 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
     started_at = time.time()
     try:
         # a shared (enclosing) cgroup already holds this runner, so its children too: nothing to join
-        proc = spawn(request.argv, {**os.environ, **env_diff}, request.cwd, folder / "log.txt",
+        proc = spawn(request.argv, {**os.environ, **env_diff}, request.cwd, folder / LOG,
                      None if cg is None or cg.shared else cg, request.cpus)
     except (OSError, subprocess.SubprocessError) as exc:
-        with open(folder / "log.txt", "a") as log:
+        with open(folder / LOG, "a") as log:
             log.write(f"hlrp-ladder: cannot start {request.argv[0]!r}: {getattr(exc, 'strerror', None) or exc}\n")
         if kernel_log is not None:
             kernel_log.close()
-        return _finish(request, started_at, time.time(), 127, None, None, None, oom_counter, cg, cg_note, Peaks(),
-                       LiveMetrics(folder / "metrics.jsonl", folder / "log.txt", request.metrics_regex, started_at,
-                                   request.check_interval), [], 0, 0.0)
+        return _finish(request, LiveMetrics(folder / METRICS, folder / LOG, request.metrics_regex, started_at,
+                                            request.check_interval),
+                       Ending(started_at, time.time(), 127, None, None, None, oom_counter, cg, cg_note, Peaks(), [],
+                              0.0))
     pgid = proc.pid
     sampler = TreeSampler(proc.pid, cg, with_pss=request.metric == "pss")
     write_json(folder / RUNNING, {**running, "pid": proc.pid, "pgid": pgid, "create_time": sampler.root.create_time()})
-    live = LiveMetrics(folder / "metrics.jsonl", folder / "log.txt", request.metrics_regex, sampler.start_wall,
+    live = LiveMetrics(folder / METRICS, folder / LOG, request.metrics_regex, sampler.start_wall,
                        request.check_interval)
     seen_pids: set[int] = {proc.pid}
 
@@ -130,13 +155,14 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
         seen_pids.update(sampler.known)
         signal_tree(pgid, list(sampler.known.values()), cg, sig)
 
-    peaks = Peaks()
+    tracker = PeakTracker()
+    peaks = tracker.peaks
     timeline: list[tuple[float, int, Optional[int], Optional[int]]] = []
     stopper = _Stopper()
     status = exited_at = None
     flushed_at = 0.0
     next_tick = time.monotonic()
-    with open(folder / "memory.csv", "w", buffering=1 << 16) as csv:
+    with open(folder / MEMORY, "w", buffering=1 << 16) as csv:
         csv.write(CSV_HEADER)
         while True:
             pid, wait_status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -153,17 +179,7 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
                 flushed_at = sample.t
             timeline.append((sample.t, sample.rss, sample.cgroup, sample.working_set))
             live.poll(sample.t)
-            peaks.samples += 1
-            peaks.sampled_rss_bytes = max(peaks.sampled_rss_bytes, sample.rss)
-            peaks.max_procs = max(peaks.max_procs, sample.n_procs)
-            if sample.pss is not None:
-                peaks.sampled_pss_bytes = max(peaks.sampled_pss_bytes or 0, sample.pss)
-            if sample.cgroup is not None:
-                peaks.cgroup_sampled_bytes = max(peaks.cgroup_sampled_bytes or 0, sample.cgroup)
-            if sample.working_set is not None:
-                peaks.working_set_sampled_bytes = max(peaks.working_set_sampled_bytes or 0, sample.working_set)
-            if sample.gpu is not None:
-                peaks.gpu_sampled_bytes = max(peaks.gpu_sampled_bytes or 0, sample.gpu)
+            tracker.add(sample)
             measured = sample.pss if request.metric == "pss" else sample.rss
             if should_stop is not None and should_stop():
                 stopper.stop("interrupted", request.stop_grace_s, kill)
@@ -180,7 +196,7 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
             time.sleep(max(0.0, next_tick - time.monotonic()))
     sampler.close()
     # The main process is gone; nothing it started may live on.
-    leftovers = len({p.pid for p in alive(sampler.known.values())} | set(cg.pids() if cg else []))
+    leftovers = len({p.pid for p in still_running(sampler.known.values())} | set(cg.pids() if cg else []))
     kill(signal.SIGKILL)
     if cg is not None:
         peaks.kernel_bytes, peaks.kernel_source = cg.peak()
@@ -192,34 +208,30 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
     if peaks.kernel_bytes is None and peaks.vmhwm_bytes:
         # wait4's ru_maxrss: the max VmHWM of the main process and the descendants it reaped.
         peaks.kernel_bytes, peaks.kernel_source = peaks.vmhwm_bytes, "VmHWM (wait4 ru_maxrss, largest process)"
-    return _finish(request, started_at, exited_at, status, stopper.reason, oom_before, oom_after, oom_counter, cg,
-                   cg_note, peaks, live, timeline, leftovers, exited_at - sampler.start_wall, victims=victims,
-                   main_pid=proc.pid)
+    return _finish(request, live, Ending(started_at, exited_at, status, stopper.reason, oom_before, oom_after,
+                                         oom_counter, cg, cg_note, peaks, timeline, exited_at - sampler.start_wall,
+                                         leftovers, victims, proc.pid))
 
 
-def _finish(request: ProbeRequest, started_at: float, exited_at: float, status: int, stop_reason, oom_before,
-            oom_after, oom_counter: str, cg, cg_note: str, peaks: Peaks, live: LiveMetrics, timeline,
-            leftovers: int, end_t: float, victims: Optional[set[int]] = None,
-            main_pid: Optional[int] = None) -> ProbeRecord:
-    folder = request.folder
-    log_lines = read_tail(folder / "log.txt")
-    outcome, evidence = classify(status, stop_reason, oom_before, oom_after, oom_counter, log_lines,
-                                 host_wide=cg is None, victims=victims, main_pid=main_pid)
-    if stop_reason == "interrupted" and request.stop_grace_s > 0:
+def _finish(request: ProbeRequest, live: LiveMetrics, end: Ending) -> ProbeRecord:
+    folder = ProbeFolder(request.folder)
+    outcome, evidence = classify(end.status, end.stop_reason, end.oom_before, end.oom_after, end.oom_counter,
+                                 read_tail(folder.file(LOG)), host_wide=end.cgroup is None, victims=end.victims,
+                                 main_pid=end.main_pid)
+    if end.stop_reason == "interrupted" and request.stop_grace_s > 0:
         evidence.detail = (f"stopped: SIGTERM, then up to {request.stop_grace_s:g} s to save its state; " +
-                           ("it exited on its own" if status is not None and status >= 0 else
+                           ("it exited on its own" if end.status is not None and end.status >= 0 else
                             f"it ended by {evidence.signal}"))
-    if leftovers:
-        evidence.detail += f"; killed {leftovers} process(es) it left running"
+    if end.leftovers:
+        evidence.detail += f"; killed {end.leftovers} process(es) it left running"
     record = ProbeRecord(
         batch_size=request.batch_size, phase=request.phase, repeat=request.repeat, retry=request.retry,
         variant=request.variant, attempt=request.attempt, folder=folder.name,
-        outcome=outcome, evidence=evidence, peaks=peaks,
+        outcome=outcome, evidence=evidence, peaks=end.peaks,
         limits=Limits(metric=request.metric, rss_limit_bytes=request.rss_limit_bytes, cap_bytes=request.cap_bytes,
-                      cgroup=str(cg) if cg else None, cgroup_note=cg_note),
-        metrics=live.finish(timeline, end_t), started_at=started_at, ended_at=exited_at,
+                      cgroup=str(end.cgroup) if end.cgroup else None, cgroup_note=end.cgroup_note),
+        metrics=live.finish(end.timeline, end.end_t), started_at=end.started_at, ended_at=end.exited_at,
         argv=mask_argv(request.argv))
-    if not write_json_once(folder / RESULT, record.model_dump(mode="json")):
-        write_json(folder / "result.late.json", record.model_dump(mode="json"))  # kept, for a person to read
-    (folder / RUNNING).unlink(missing_ok=True)
+    folder.write_record_once(record)
+    folder.file(RUNNING).unlink(missing_ok=True)
     return record

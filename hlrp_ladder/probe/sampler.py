@@ -3,31 +3,14 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from typing import Optional
 
 import psutil
 
 from hlrp_ladder.probe.cgroup import MemoryCgroup, working_set
+from hlrp_ladder.probe.folder import Sample
 
-CSV_HEADER = "t,rss,pss,n_procs,cgroup,gpu,working_set\n"
 PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-@dataclass(frozen=True)
-class Sample:
-    t: float                       # seconds since the probe started
-    rss: int                       # summed over the tree (double-counts pages shared by forked workers)
-    pss: Optional[int]             # summed proportional set size, when the metric is pss
-    n_procs: int
-    cgroup: Optional[int]          # bytes charged to the probe's cgroup
-    gpu: Optional[int] = None      # GPU memory used by the tree's processes (NVML), where there is a GPU
-    working_set: Optional[int] = None  # cgroup usage less its inactive file cache (see cgroup.working_set)
-
-    def csv(self) -> str:
-        return f"{self.t:.3f},{self.rss},{'' if self.pss is None else self.pss},{self.n_procs}," \
-               f"{'' if self.cgroup is None else self.cgroup},{'' if self.gpu is None else self.gpu}," \
-               f"{'' if self.working_set is None else self.working_set}\n"
 
 
 class GpuReader:

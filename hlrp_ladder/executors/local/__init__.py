@@ -8,7 +8,7 @@ session of its own with a log file; it outlives the terminal.
 """
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import os
 import platform
 import shutil
@@ -17,29 +17,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import psutil
 
-from hlrp_ladder.executors.core import SUBMITTED, open_folder, read_json, read_record, substitute_record
-from hlrp_ladder.probe.node import RUNNER, read_request, write_env_file
+from hlrp_ladder.probe import cgroup as cgroups
+from hlrp_ladder.probe import host
+from hlrp_ladder.probe.folder import LOG, RESULT, RUNNER, RUNNER_LOG, RUNNING, SUBMITTED, ProbeFolder, read_json
+from hlrp_ladder.probe.process import die_with, kill_leftovers
 from hlrp_ladder.records import Outcome, ProbeRecord, ProbeRequest
-from hlrp_ladder.store import RESULT, kill_leftovers, write_json
+from hlrp_ladder.spec.sections import ExecutorSpec
+from hlrp_ladder.util.files import write_json
 
-PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
 START_WAIT_S = 30.0      # a detached runner that has not said where it runs by then never started
 
 
-def _die_with(parent_pid: int):
-    def setup() -> None:
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent_pid:  # the orchestrator died before prctl took effect
-            os._exit(137)
-    return setup
-
-
-def alive(info: Optional[dict]) -> bool:
+def runner_alive(info: Optional[dict]) -> bool:
     """Whether the process a record names (pid *and* start time) still runs here."""
     if not info or not info.get("pid") or info.get("host", platform.node()) != platform.node():
         return False
@@ -68,24 +61,25 @@ class LocalHandle:
         info = self._runner()
         if info is None:  # a detached runner that has not started yet
             return time.time() - self.submitted_at < START_WAIT_S and not (self.folder / RESULT).exists()
-        return alive(info)
+        return runner_alive(info)
 
     def poll(self) -> Optional[ProbeRecord]:
         if self._running():
             if self.cancelled_at is not None and time.monotonic() - self.cancelled_at > self.request.stop_grace_s + 15:
                 self._kill_runner()  # it did not stop as asked: its tree dies with it, cleanup takes the rest
             return None
-        rec = read_record(self.folder)
+        folder = ProbeFolder(self.folder)
+        rec = folder.record()
         if rec is not None:
             return rec
         cleanup(self.folder)
         code = self.proc.returncode if self.proc is not None else None
-        tail = _tail(self.folder / "runner.log")
+        tail = folder.log_tail_line(RUNNER_LOG)
         if self.cancelled_at is not None:
-            return substitute_record(self.request, Outcome.interrupted, "stopped by the user; the probe runner was "
+            return folder.substitute(self.request, Outcome.interrupted, "stopped by the user; the probe runner was "
                                      "killed before it wrote a record", tail, self.submitted_at, code)
-        return substitute_record(self.request, Outcome.error, f"the probe runner ended ({code}) and left no "
-                                 f"record; see {self.folder / 'runner.log'}", tail, self.submitted_at, code)
+        return folder.substitute(self.request, Outcome.error, f"the probe runner ended ({code}) and left no "
+                                 f"record; see {folder.file(RUNNER_LOG)}", tail, self.submitted_at, code)
 
     def state(self) -> str:
         return "running" if self._running() else "ended"
@@ -97,7 +91,7 @@ class LocalHandle:
 
     def _signal(self, sig: int) -> None:
         pid = self.proc.pid if self.proc is not None else (self._runner() or {}).get("pid")
-        if pid and (self.proc is not None or alive(self._runner())):
+        if pid and (self.proc is not None or runner_alive(self._runner())):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
@@ -108,18 +102,10 @@ class LocalHandle:
         if self.proc is not None:
             self.proc.wait()
 
-    def describe(self) -> str:
+    def where(self) -> str:
         info = self._runner() or {}
         tmux = f", tmux {info['tmux_session']}" if info.get("tmux_session") else ""
         return f"pid {info.get('pid') or (self.proc.pid if self.proc else '?')}{tmux}"
-
-
-def _tail(path: Path) -> Optional[str]:
-    try:
-        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return None
-    return lines[-1][:300] if lines else None
 
 
 def cleanup(folder: Path) -> int:
@@ -128,13 +114,13 @@ def cleanup(folder: Path) -> int:
     hit = 0
     for name in (RUNNER, SUBMITTED):
         info = read_json(folder / name)
-        if alive(info):
+        if runner_alive(info):
             try:
                 os.kill(info["pid"], signal.SIGKILL)
                 hit += 1
             except ProcessLookupError:
                 pass
-    return hit + kill_leftovers(folder / "running.json")
+    return hit + kill_leftovers(folder / RUNNING)
 
 
 class LocalExecutor:
@@ -144,6 +130,45 @@ class LocalExecutor:
 
     def __init__(self, cgroup: str = "auto", cgroup_note: str = ""):
         self.cgroup, self.cgroup_note = cgroup, cgroup_note
+
+    def usable_memory(self) -> int:
+        return host.usable_memory()
+
+    def facts(self, cap_bytes: Optional[int]) -> dict:
+        return host.facts(cap_bytes)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """cgroup v2, ordinary user: the memory controller enabled for the delegated cgroup's children for the run
+        (and put back after), so probes can be capped."""
+        leaf = cgroups.delegate()
+        try:
+            yield
+        finally:
+            cgroups.undelegate(leaf)
+
+    def sweep(self) -> list[str]:
+        """Stale probe cgroups of runners that are gone."""
+        removed, busy = cgroups.sweep_stale(cgroups.find_parent()[0])
+        return [f"removed a stale probe cgroup: {path}" for path in removed] + \
+            [f"warning: {path} still holds processes of a probe whose monitor is gone; --resume of its run kills "
+             f"them" for path in busy]
+
+    def slot_cores(self, spec: ExecutorSpec) -> Optional[list[list[int]]]:
+        """Each slot's cores, disjoint (default: this machine's cores / max_parallel); None for one slot with no
+        pinning asked for. A probe competing for CPU fills its prefetch queues differently and measures a
+        different peak."""
+        if spec.max_parallel == 1 and spec.cpus_per_probe is None:
+            return None
+        cores = sorted(os.sched_getaffinity(0))
+        each = spec.cpus_per_probe or max(1, len(cores) // spec.max_parallel)
+        return [cores[i * each:(i + 1) * each] for i in range(spec.max_parallel)]
+
+    def launch_words(self, name: str, folder: Path) -> tuple[str, str]:
+        if shutil.which("tmux"):
+            return f"starts in tmux session {name!r} (tmux attach -t {name})", f"tmux attach -t {name}"
+        return (f"tmux not installed: starts as a detached session, runner output in {folder / RUNNER_LOG}",
+                f"tail -f {folder / LOG}")
 
     def configure(self, facts: dict) -> None:
         """Use the probe-cgroup parent a run resolved (``host.facts``): its probes all go there, or get none."""
@@ -158,32 +183,36 @@ class LocalExecutor:
     def submit(self, request: ProbeRequest, detached: bool = False, name: Optional[str] = None) -> LocalHandle:
         """Start the runner on ``request.folder``. ``detached`` (the long run): in tmux session ``name`` when
         tmux is installed, else in a session of its own; it outlives the orchestrator."""
+        if detached and name and shutil.which("tmux") and \
+                subprocess.run(["tmux", "has-session", "-t", f"={name}"], capture_output=True).returncode == 0:
+            raise FileExistsError(f"tmux session {name!r} exists already")  # before anything is written
         request = self.prepare(request)
         folder = request.folder
-        open_folder(request)
+        ProbeFolder(folder).open(request)
         argv = [sys.executable, "-m", "hlrp_ladder.probe", str(folder)]
         submitted_at = time.time()
         info: dict = {"executor": self.name, "host": platform.node(), "submitted_at": submitted_at,
                       "detached": detached}
         proc = None
         if not detached:
-            with open(folder / "runner.log", "ab") as log:
+            # Attached: nothing runs unwatched on a workstation; the runner dies with the orchestrator.
+            with open(folder / RUNNER_LOG, "ab") as log:
                 proc = subprocess.Popen(argv, env={**os.environ, **request.env}, stdin=subprocess.DEVNULL,
                                         stdout=log, stderr=subprocess.STDOUT, cwd=request.cwd,
-                                        start_new_session=True, close_fds=True, preexec_fn=_die_with(os.getpid()))
+                                        start_new_session=True, close_fds=True, preexec_fn=die_with(os.getpid()))
             info.update(pid=proc.pid, create_time=psutil.Process(proc.pid).create_time())
         else:
             # The launcher's environment, as the probes had it (a tmux server started earlier would otherwise
             # give the long run its own), through an owner-only file: never on a command line.
-            write_env_file(folder, {**{k: v for k, v in os.environ.items() if not k.startswith("TMUX")},
-                                    **request.env})
+            ProbeFolder(folder).write_env({**{k: v for k, v in os.environ.items() if not k.startswith("TMUX")},
+                                           **request.env})
             if name and shutil.which("tmux"):
                 # several command arguments: tmux executes the runner directly, without sh -c
                 subprocess.run(["tmux", "new-session", "-d", "-s", name, "-c", request.cwd, "--", *argv],
                                check=True, capture_output=True)
                 info["tmux_session"] = name
             else:
-                with open(folder / "runner.log", "ab") as log:
+                with open(folder / RUNNER_LOG, "ab") as log:
                     subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                      cwd=request.cwd, start_new_session=True, close_fds=True)
         write_json(folder / SUBMITTED, info)
@@ -191,10 +220,10 @@ class LocalExecutor:
 
     def reattach(self, folder: Path) -> Optional[LocalHandle]:
         submitted = read_json(folder / SUBMITTED)
-        if not submitted or not (alive(read_json(folder / RUNNER)) or (folder / RESULT).exists()):
+        if not submitted or not (runner_alive(read_json(folder / RUNNER)) or (folder / RESULT).exists()):
             return None
         try:
-            request = read_request(folder)
+            request = ProbeFolder(folder).request()
         except (OSError, ValueError):
             return None
         return LocalHandle(request, None, float(submitted.get("submitted_at", time.time())))

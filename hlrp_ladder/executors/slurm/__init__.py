@@ -9,21 +9,23 @@ ones that finished meanwhile. Ctrl-C cancels them (``scancel``), recorded ``inte
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-from hlrp_ladder.executors.core import SUBMITTED, open_folder, read_json, read_record, substitute_record
 from hlrp_ladder.executors.slurm import commands
 from hlrp_ladder.executors.slurm.commands import Job, SlurmError
 from hlrp_ladder.executors.slurm.states import merge
-from hlrp_ladder.probe.node import RUNNER, read_request
+from hlrp_ladder.probe import host
+from hlrp_ladder.probe.folder import RESULT, RUNNER, RUNNER_LOG, SUBMITTED, ProbeFolder, read_json
 from hlrp_ladder.records import Outcome, ProbeRecord, ProbeRequest
-from hlrp_ladder.spec import SlurmSettings
-from hlrp_ladder.store import RESULT, write_json
+from hlrp_ladder.spec.sections import ExecutorSpec, SlurmSettings
+from hlrp_ladder.util.files import umask, write_json
 
 JOB_SCRIPT = "job.py"
 RECORD_WAIT_S = 15.0     # after the job ended: how long the runner's record may take to show (a shared FS)
@@ -89,10 +91,11 @@ class SlurmHandle:
 
     def poll(self) -> Optional[ProbeRecord]:
         job = self.job()
+        folder = ProbeFolder(self.folder)
         if self._answered_at is None:  # SLURM has not answered yet: nothing is known
             if time.time() - self.submitted_at < CONTROLLER_WAIT_S:
                 return None
-            return substitute_record(self.request, Outcome.error, f"SLURM did not answer about job {self.job_id} for "
+            return folder.substitute(self.request, Outcome.error, f"SLURM did not answer about job {self.job_id} for "
                                      f"{CONTROLLER_WAIT_S:.0f} s", self.last_error or None, self.submitted_at)
         if job is not None and not job.terminal:
             if job.state == "PENDING" and self.cancelled_at is None and self.request.timeout_s is not None \
@@ -103,7 +106,7 @@ class SlurmHandle:
                 self._scancel()  # the runner did not stop as asked: SLURM kills the whole job
                 self.cancelled_at = time.monotonic()
             return None
-        record = read_record(self.folder)
+        record = folder.record()
         if record is None:
             started = (self.folder / RUNNER).exists()
             # the job is over; a runner's record may still be on its way through a shared filesystem
@@ -112,12 +115,12 @@ class SlurmHandle:
                 return None
             what = job.words() if job is not None else f"SLURM job {self.job_id}: unknown to the controller and " \
                                                        f"to accounting"
-            detail = (f"the job ended and its runner left no record (see {self.folder / 'runner.log'})" if started
+            detail = (f"the job ended and its runner left no record (see {folder.file(RUNNER_LOG)})" if started
                       else "the job ended before its runner started")
-            record = substitute_record(self.request, Outcome.error, detail, what, self.submitted_at)
+            record = folder.substitute(self.request, Outcome.error, detail, what, self.submitted_at)
         if record.evidence.scheduler is None and job is not None:
             record = merge(job, record, self.cancelled_at is not None)
-            write_json(self.folder / RESULT, record.model_dump(mode="json"))
+            folder.write_record(record)
         return record
 
     def _scancel(self, batch_signal: Optional[str] = None) -> None:
@@ -129,11 +132,12 @@ class SlurmHandle:
     def _never_started(self, job: Job) -> ProbeRecord:
         self._scancel()
         waited = time.time() - self.submitted_at
-        record = substitute_record(
+        folder = ProbeFolder(self.folder)
+        record = folder.substitute(
             self.request, Outcome.error, f"the job never started: still pending after {waited:.0f} s (timeout_s); "
             f"cancelled", job.words(), self.submitted_at)
         record.evidence.scheduler = job.words()
-        write_json(self.folder / RESULT, record.model_dump(mode="json"))
+        folder.write_record(record)
         return record
 
     def cancel(self) -> None:
@@ -145,7 +149,7 @@ class SlurmHandle:
         # once; the long run with its grace) — a plain scancel would SIGKILL the trainer after KillWait
         self._scancel("TERM" if job is not None and job.state == "RUNNING" else None)
 
-    def describe(self) -> str:
+    def where(self) -> str:
         job = self._job or self.job()
         if job is None:
             return f"SLURM job {self.job_id}"
@@ -159,10 +163,34 @@ class SlurmExecutor:
 
     def __init__(self, settings: Optional[SlurmSettings] = None, spec_name: str = "hlrp"):
         self.settings, self.spec_name = settings or SlurmSettings(), spec_name
+        self._facts: Optional[dict] = None
 
     @staticmethod
     def from_submitted(info: dict) -> "SlurmExecutor":
         return SlurmExecutor(SlurmSettings(poll_s=float(info.get("poll_s", 1.0))), info.get("spec", "hlrp"))
+
+    def usable_memory(self) -> int:
+        """The partition's smallest node's RealMemory (here's, when SLURM does not say)."""
+        return self._partition()["usable_bytes"] or host.usable_memory()
+
+    def facts(self, cap_bytes: Optional[int]) -> dict:
+        return {**self._partition(), "cap_enforced": None if cap_bytes is None else True}
+
+    def configure(self, facts: dict) -> None:
+        """Nothing to configure: each job is capped by its own ``--mem``."""
+
+    def session(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def sweep(self) -> list[str]:
+        return []
+
+    def slot_cores(self, spec: ExecutorSpec) -> Optional[list[list[int]]]:
+        return None  # SLURM gives each job its own --cpus-per-task
+
+    def launch_words(self, name: str, folder: Path) -> tuple[str, str]:
+        return (f"starts as SLURM job {name!r} (sbatch), runner output in {folder / RUNNER_LOG}",
+                f"tail -f {folder / 'log.txt'}")
 
     def prepare(self, request: ProbeRequest) -> ProbeRequest:
         # SLURM caps the job's cgroup at --mem; the runner watches that cgroup (it counts the runner too)
@@ -190,10 +218,10 @@ class SlurmExecutor:
         changes nothing here). A rejected submission is the probe's record, with sbatch's own line."""
         request = self.prepare(request)
         folder = request.folder
-        open_folder(request)
+        ProbeFolder(folder).open(request)
         script = folder / JOB_SCRIPT
         script.write_text(job_script(folder))
-        script.chmod(0o755 & ~_umask())
+        script.chmod(0o755 & ~umask())
         submitted_at = time.time()
         job_name = name or f"hlrp-{self.spec_name}-{folder.name}"
         try:
@@ -201,8 +229,8 @@ class SlurmExecutor:
         except SlurmError as exc:
             write_json(folder / SUBMITTED, {"executor": self.name, "job_id": None, "submitted_at": submitted_at,
                                             "error": str(exc)})
-            substitute_record(request, Outcome.error, "sbatch rejected the job: it never started", str(exc),
-                              submitted_at)
+            ProbeFolder(folder).substitute(request, Outcome.error, "sbatch rejected the job: it never started",
+                                           str(exc), submitted_at)
             return _Rejected(request)
         write_json(folder / SUBMITTED, {"executor": self.name, "job_id": job_id, "job_name": job_name,
                                         "submitted_at": submitted_at, "poll_s": self.settings.poll_s,
@@ -214,7 +242,7 @@ class SlurmExecutor:
         if not info.get("job_id"):
             return None
         try:
-            request = read_request(folder)
+            request = ProbeFolder(folder).request()
             known = commands.job(info["job_id"]) is not None
         except (OSError, ValueError, SlurmError):
             return None
@@ -238,11 +266,16 @@ class SlurmExecutor:
             pass
         return 0
 
-    def facts(self, spec) -> dict:
-        """The machines probes run on: the partition's nodes (the smallest, for percentages)."""
+    def _partition(self) -> dict:
+        """The machines probes run on: the partition's nodes (the smallest, for percentages); read once."""
+        if self._facts is None:
+            self._facts = self._read_partition()
+        return self._facts
+
+    def _read_partition(self) -> dict:
         out = {"name": "SLURM", "cores": None, "ram_bytes": None, "usable_bytes": None, "cgroup": "job",
-               "cgroup_parent": None, "cap_enforced": None if spec.memory.cap is None else True,
-               "cgroup_note": "SLURM enforces --mem through the job's cgroup", "executor": "slurm"}
+               "cgroup_parent": None, "cgroup_note": "SLURM enforces --mem through the job's cgroup",
+               "executor": "slurm"}
         try:
             parts = commands.show("partition", self.settings.partition) if self.settings.partition else \
                 [p for p in commands.show("partition") if p.get("Default") == "YES"]
@@ -251,7 +284,7 @@ class SlurmExecutor:
             return out
         if not parts:
             return out
-        names = _expand(parts[0].get("Nodes", ""))
+        names = expand_hostlist(parts[0].get("Nodes", ""))
         mine = [n for n in nodes if n.get("NodeName") in names] or nodes
         memory = [int(n["RealMemory"]) * MIB for n in mine if n.get("RealMemory", "").isdigit()]
         cpus = [int(n["CPUTot"]) for n in mine if n.get("CPUTot", "").isdigit()]
@@ -268,7 +301,7 @@ class _Rejected:
         self.request = request
 
     def poll(self) -> Optional[ProbeRecord]:
-        return read_record(self.request.folder)
+        return ProbeFolder(self.request.folder).record()
 
     def cancel(self) -> None:
         pass
@@ -276,15 +309,13 @@ class _Rejected:
     def state(self) -> str:
         return "ended"
 
-    def describe(self) -> str:
+    def where(self) -> str:
         return "not submitted (sbatch refused it)"
 
 
-def _expand(nodes: str) -> set[str]:
+def expand_hostlist(nodes: str) -> set[str]:
     """'node[1-3],gpu7' -> {'node1', 'node2', 'node3', 'gpu7'} (enough of SLURM's hostlist syntax for a
     partition's node list)."""
-    import re
-
     out: set[str] = set()
     for prefix, ranges, single in re.findall(r"([\w.-]+)\[([\d,-]+)\]|([\w.-]+)", nodes):
         if single:
@@ -296,9 +327,3 @@ def _expand(nodes: str) -> set[str]:
             for n in range(int(lo), int(hi or lo) + 1):
                 out.add(f"{prefix}{n:0{width}d}")
     return out
-
-
-def _umask() -> int:
-    from hlrp_ladder.files import umask
-
-    return umask()

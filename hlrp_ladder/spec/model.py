@@ -1,0 +1,137 @@
+"""The ladder spec: which batch sizes to probe, how, under which limits; what it renders to (argv), what
+identifies what a run measures (fingerprint), and its snapshot with secrets masked."""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import AfterValidator, BeforeValidator, Field, PositiveInt, field_validator
+
+from hlrp_ladder.records import Phase
+from hlrp_ladder.spec import argv
+from hlrp_ladder.spec.sections import (CompareSpec, ExecutorSpec, ForecastConfig, Memory, MetricsRegex, Overnight,
+                                       Preflight, Range, Recipe, Scalar, Stress, _Strict)
+from hlrp_ladder.util.masking import MASK, mask
+
+
+def _expand_batch_sizes(value: Any) -> Any:
+    if isinstance(value, dict):
+        rng = Range.model_validate(value)
+        if rng.stop < rng.start:
+            raise ValueError(f"stop ({rng.stop}) is below start ({rng.start})")
+        return list(range(rng.start, rng.stop + 1, rng.step))
+    return value
+
+
+def _ascending(values: list[int]) -> list[int]:
+    if not values:
+        raise ValueError("needs at least one batch size")
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError(f"must be strictly ascending (got {values})")
+    return values
+
+
+class Spec(_Strict):
+    """A ladder: which batch sizes to probe, how, and under which memory limits."""
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    command: Optional[list[str]] = Field(None, min_length=1, description="probe argv (no shell); default: the "
+                                         "bundled trainer, [python, -m, trainer.train]")
+    batch_sizes: Annotated[list[PositiveInt], BeforeValidator(_expand_batch_sizes), AfterValidator(_ascending)]
+    batch_size_key: str = "data.loader.batch_size"
+    probe: Recipe = Recipe()
+    overrides: dict[str, Scalar] = {}
+    env: dict[str, str] = {}
+    memory: Memory = Memory()
+    timeout_s: float = Field(900, gt=0)
+    kill_grace_s: float = Field(5, ge=0)
+    runs_dir: str = "runs"
+    metrics_regex: MetricsRegex = MetricsRegex()
+    stress: Optional[Stress] = None
+    refine: Literal["none", "bisect", "model"] = Field(
+        "none", description="bisect: probe the first and last rung, then bisect between the last ok and the first "
+                            "failure; model: the first two rungs, then where a line through the peaks puts the "
+                            "limit (bisection when the line does not fit)")
+    granularity: PositiveInt = Field(4, description="bisect until the first failure is this close to the last ok")
+    repeats: PositiveInt = Field(1, description="one-val probes of a candidate before it can be picked "
+                                 "(max peak over them must fit)")
+    retries: int = Field(1, ge=0, le=5, description="runs again of a probe that ended inconclusive (error, timeout: "
+                         "not a memory verdict), each in its own folder, before the run ends inconclusive")
+    forecast: ForecastConfig = ForecastConfig()
+    warmup: bool = Field(True, description="a short probe of the first rung before the ladder, not counted: the "
+                         "first probe on a cold page cache is charged the libraries and data it reads in (on a "
+                         "fresh clone the demo's bs=8 peaked at the whole 1.25 GiB cap; warm, 0.97 GiB)")
+    overnight: Optional[Overnight] = None
+    preflight: Preflight = Preflight()
+    executor: ExecutorSpec = ExecutorSpec()
+    compare: Optional[CompareSpec] = None
+
+    @field_validator("overrides", mode="before")
+    @classmethod
+    def _scalars(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, (dict, list)):
+                    raise ValueError(f"{key}: a value must be a scalar (string, number, bool or null), "
+                                     f"got {type(item).__name__}")
+        return value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
+        return value
+
+    # ---- derived -----------------------------------------------------------------------------------------
+    def base_command(self) -> list[str]:
+        return list(self.command) if self.command else [sys.executable, "-m", "trainer.train"]
+
+    def recipe(self, phase: Phase) -> Recipe:
+        """The probe recipe of a phase: the stress recipe for ``stress``, the one-val one otherwise."""
+        if phase == "stress" and self.stress is not None:
+            return Recipe(max_steps=self.stress.max_steps, check_interval=self.stress.check_interval,
+                          limit_batches=self.stress.limit_batches, keys=self.probe.keys)
+        return self.probe
+
+    def timeout(self, phase: Phase) -> float:
+        if phase == "stress" and self.stress is not None:
+            return self.stress.timeout_s or self.timeout_s * max(1.0, self.stress.max_steps / self.probe.max_steps)
+        return self.timeout_s
+
+    def argv(self, batch_size: int, recipe: Recipe | None = None, extra: dict | None = None) -> list[str]:
+        """The probe's argv: command, overrides, recipe, batch size, each ``key=value`` as one item."""
+        recipe = recipe or self.probe
+        items = {**self.overrides, **(extra or {})}
+        for field in ("max_steps", "check_interval", "limit_batches"):
+            key = getattr(recipe.keys, field)
+            if key:
+                items[key] = getattr(recipe, field)
+        items[self.batch_size_key] = batch_size
+        return argv.argv(self.base_command(), items)
+
+    def fingerprint(self) -> str:
+        """Identifies what a run measures; ``--resume`` refuses a spec whose fingerprint changed."""
+        # The long run's settings, the preflight's and a compare matrix do not change what the ladder measures.
+        data = self.model_dump(mode="json", exclude={"runs_dir", "overnight", "preflight", "compare"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def masked(self) -> dict:
+        data = self.model_dump(mode="json")
+        data["env"] = mask(data["env"])
+        data["overrides"] = mask(data["overrides"])
+        if data.get("overnight"):
+            data["overnight"]["env"] = mask(data["overnight"]["env"])
+            data["overnight"]["overrides"] = mask(data["overnight"]["overrides"])
+        return data
+
+
+def masked_keys(data: dict) -> list[str]:
+    """Keys whose values a snapshot masked (so it cannot be launched as it is)."""
+    out = [f"env.{k}" for k, v in (data.get("env") or {}).items() if v == MASK]
+    out += [f"overrides.{k}" for k, v in (data.get("overrides") or {}).items() if v == MASK]
+    night = data.get("overnight") or {}
+    out += [f"overnight.env.{k}" for k, v in (night.get("env") or {}).items() if v == MASK]
+    out += [f"overnight.overrides.{k}" for k, v in (night.get("overrides") or {}).items() if v == MASK]
+    return out

@@ -1,0 +1,215 @@
+"""The spec's sections: each a strict pydantic model (an unknown key is an error) with its defaults and the
+one-line descriptions ``hlrp-ladder schema`` shows."""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, field_validator,
+                      model_validator)
+
+from hlrp_ladder.records import MetricsPatterns
+from hlrp_ladder.spec.argv import Scalar
+from hlrp_ladder.util import sizes
+
+
+def _size_text(value: Any) -> Any:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Size = Annotated[str, BeforeValidator(_size_text), AfterValidator(sizes.check)]
+def _regex(value: Optional[str]) -> Optional[str]:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"{value!r} is not a regular expression ({exc})") from None
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecipeKeys(_Strict):
+    """Trainer keys the recipe is rendered to; null leaves a knob out of the argv."""
+    max_steps: Optional[str] = "training.max_steps"
+    check_interval: Optional[str] = "training.validation.check_interval"
+    limit_batches: Optional[str] = "training.validation.limit_batches"
+
+
+class Recipe(_Strict):
+    """How long a probe trains and how often it validates."""
+    max_steps: PositiveInt = 35
+    check_interval: PositiveInt = 30
+    limit_batches: PositiveInt = 1
+    keys: RecipeKeys = RecipeKeys()
+
+
+class Stress(_Strict):
+    """The long run's own rhythm, run at the candidate pick after the one-val ladder."""
+    max_steps: PositiveInt = 220
+    check_interval: PositiveInt = 50
+    limit_batches: PositiveInt = 2
+    timeout_s: Optional[float] = Field(None, gt=0, description="default: timeout_s scaled by max_steps")
+
+
+class ForecastConfig(_Strict):
+    warmup_cycles: int = Field(1, ge=0, description="validation cycles left out of the fit (buffers filling)")
+
+
+class Overnight(_Strict):
+    """The long run that the ladder exists for (launched by launch-overnight)."""
+    max_steps: Optional[PositiveInt] = None
+    hours: Optional[float] = Field(None, gt=0, description="a time budget; steps = hours x measured step rate")
+    check_interval: PositiveInt = 50
+    limit_batches: PositiveInt = 2
+    overrides: dict[str, Scalar] = {}
+    env: dict[str, str] = {}
+    tmux_session: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.-]+$",
+                                        description="default: hlrp-<name>-<run>-<folder>; used when tmux is installed")
+    timeout_s: Optional[float] = Field(None, gt=0, description="stop the long run after this long (default: never)")
+    kill_grace_s: float = Field(60, ge=0, description="stopping the long run (Ctrl-C, tmux kill-session, --force, "
+                                "timeout): SIGTERM, this long to save a checkpoint and close loggers, then SIGKILL")
+
+
+_SLURM_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$|^\d+-\d+$")
+
+
+def _slurm_time(value: Optional[str]) -> Optional[str]:
+    if value is not None and not _SLURM_TIME.match(str(value)):
+        raise ValueError(f"{value!r} is not a SLURM time (minutes, HH:MM:SS or D-HH:MM:SS)")
+    return None if value is None else str(value)
+
+
+class SlurmSettings(_Strict):
+    """sbatch options for each probe (and the long run); ``memory.cap`` becomes the job's ``--mem``."""
+    partition: Optional[str] = None
+    time: Annotated[Optional[str], BeforeValidator(lambda v: None if v is None else str(v)),
+                    AfterValidator(_slurm_time)] = Field(
+        None, description="--time of a probe (default: its timeout, rounded up to minutes, plus 2 minutes); the "
+                          "long run's comes from overnight.hours")
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    cpus_per_task: PositiveInt = 2
+    gres: Optional[str] = None
+    constraint: Optional[str] = None
+    extra_args: list[str] = Field([], description="more sbatch arguments, each one argv item (never a shell)")
+    poll_s: float = Field(1.0, gt=0, le=60, description="how often job states are read (scontrol)")
+
+
+class ExecutorSpec(_Strict):
+    """Where probes run: here (local) or as SLURM jobs. Part of what a run measures (its fingerprint)."""
+    kind: Literal["local", "slurm"] = "local"
+    max_parallel: PositiveInt = Field(1, description="probes at once: SLURM jobs, or local probes each in its "
+                                      "own cgroup with its own cap and its own cores")
+    cpus_per_probe: Optional[PositiveInt] = Field(None, description="local: cores each probe is pinned to "
+                                                  "(default: this machine's cores / max_parallel)")
+    slurm: SlurmSettings = SlurmSettings()
+
+
+class Preflight(_Strict):
+    hosts: list[str] = Field([], description="hosts that must resolve (host) or accept a connection (host:port), "
+                             "e.g. a cluster login node")
+    network_timeout_s: float = Field(2.0, gt=0, le=30)
+    slurm_roundtrip_s: float = Field(60, gt=0, description="SLURM: how long the round-trip job that checks the "
+                                     "shared runs folder may wait in the queue before it is called unverified")
+
+
+class Memory(_Strict):
+    rss_limit: Size = Field("85%", description="soft limit the monitor enforces on the tree's summed "
+                            "`metric`: a size ('28GiB') or a share of total RAM ('85%')")
+    cap: Optional[Size] = Field(None, description="hard kernel limit through a memory cgroup (charged "
+                                "memory, not RSS), to emulate a smaller machine")
+    metric: Literal["rss", "pss"] = "rss"
+    sample_interval_s: float = Field(0.1, gt=0, le=10)
+    headroom: Optional[Size] = Field(None, description="left free at the pick's peak — its working set under the "
+                                     "cap, or its RSS under the soft limit without a cap: a size, or a % of that "
+                                     "limit")
+
+    def rss_limit_bytes(self, total: int) -> int:
+        """The soft limit in bytes; a percentage is of ``total`` (the memory the probes can really use: the
+        caller resolves it, see ``probe.host.usable_memory``)."""
+        return sizes.resolve(self.rss_limit, total)
+
+    def cap_bytes(self, total: int) -> int | None:
+        return None if self.cap is None else sizes.resolve(self.cap, total)
+
+    def fit_limit(self, total: int) -> tuple[int, str]:
+        """The limit a pick's peak must fit under: the cap if set (its working set, see search.fit_peak), else
+        the soft limit (its RSS)."""
+        cap = self.cap_bytes(total)
+        return (cap, "cap") if cap is not None else (self.rss_limit_bytes(total), "soft limit")
+
+    def headroom_bytes(self, total: int) -> int:
+        return 0 if self.headroom is None else sizes.resolve(self.headroom, self.fit_limit(total)[0])
+
+
+class MetricsRegex(MetricsPatterns):
+    """For trainers that do not write HLRP_LADDER_METRICS: a regex per metric, group 1 is the number. A line
+    matching ``val_loss`` counts as a validation end, timed when the monitor reads it."""
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("step_per_s", "samples_per_s", "val_loss")
+    @classmethod
+    def _compiles(cls, value: Optional[str]) -> Optional[str]:
+        return _regex(value)
+
+
+class Range(_Strict):
+    start: PositiveInt
+    stop: PositiveInt
+    step: PositiveInt
+
+
+VARIANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class Pair(_Strict):
+    """Two variants to compare, and the keys the comparison is about (its other differences are flagged)."""
+    a: str
+    b: str
+    about: list[str] = []
+
+
+class CompareSpec(_Strict):
+    """A matrix of variants run at one batch size, each ``repeats`` times, to see what a setting costs."""
+    batch_size: Union[PositiveInt, Literal["pick"]] = Field(..., description="a batch size, or 'pick': the latest "
+                                                             "finished ladder run's pick of this spec")
+    max_steps: PositiveInt = 1000
+    check_interval: PositiveInt = 400
+    limit_batches: Optional[PositiveInt] = Field(None, description="null leaves the trainer's default (a variant "
+                                                 "may set it)")
+    repeats: PositiveInt = Field(2, description="runs per variant; the noise band of every delta comes from them")
+    warmup: bool = Field(True, description="one short run of the first variant before the matrix, not counted: "
+                         "the first runs on a cold page cache are charged the libraries and data they read in "
+                         "(measured: ~130 MiB more on the bundled trainer), which would pose as a variant's cost")
+    timeout_s: Optional[float] = Field(None, gt=0, description="per run (default: timeout_s scaled by max_steps)")
+    variants: dict[Annotated[str, Field(pattern=VARIANT_NAME)], dict[str, Scalar]] = Field(
+        ..., min_length=1, description="name -> overrides (key: value; 'env.NAME: value' sets an environment "
+                                       "variable)")
+    pairs: Optional[list[Pair]] = Field(None, description="default: every variant against the first, about what "
+                                        "differs")
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _scalars(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for name, items in value.items():
+                if items is None:
+                    value[name] = {}
+                elif not isinstance(items, dict):
+                    raise ValueError(f"{name}: a variant is a mapping of overrides (key: value)")
+                else:
+                    for key, item in items.items():
+                        if isinstance(item, (dict, list)):
+                            raise ValueError(f"{name}.{key}: a value must be a scalar, got {type(item).__name__}")
+        return value
+
+    @model_validator(mode="after")
+    def _pairs_name_variants(self) -> "CompareSpec":
+        for i, pair in enumerate(self.pairs or []):
+            for side in (pair.a, pair.b):
+                if side not in self.variants:
+                    raise ValueError(f"pairs[{i}]: no variant named {side!r} (variants: {', '.join(self.variants)})")
+        return self
