@@ -24,6 +24,7 @@ from hlrp_ladder.run.live import LiveView
 from hlrp_ladder.run.store import RunStore, StoreError
 from hlrp_ladder.spec import Spec, SpecError, load_spec, load_yaml, masked_keys, parse_spec
 from hlrp_ladder.spec.summary import summary_lines
+from hlrp_ladder.util.files import DiskFull
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find the largest batch size a training run survives in host RAM, before the long run.")
@@ -40,6 +41,9 @@ def user_errors(func):
         except (SpecError, StoreError) as exc:
             err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(policy.EXIT_USAGE) from None
+        except DiskFull as exc:  # anywhere: one line naming the path and the free space, never a traceback
+            err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(policy.EXIT_NO_SPACE) from None
     return wrapper
 
 

@@ -120,6 +120,8 @@ class Metrics(_Model):
     val_loss: Optional[float] = None
     val_points: list[ValPoint] = []
     artifact: Optional[str] = None
+    skipped_lines: int = 0                   # lines of the log or metrics file skipped for their length (> 1 MiB)
+    unread_bytes: int = 0                    # of them, left unread: written faster than the monitor could follow
 
 
 class ProbeRecord(_Model):

@@ -1,35 +1,13 @@
+"""The fixtures: a marker whose processes are killed at teardown, a writable memory cgroup, a small TFDS mixture,
+an ordinary user's environment and a real SLURM. What tests import (paths, cli, UserEnv, ...) is in
+tests/helpers.py."""
 import os
 import subprocess
-import sys
-import time
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-MEMHOG = ROOT / "tests" / "fixtures" / "memhog.py"
-
-
-def memhog(*args: str) -> list[str]:
-    return [sys.executable, str(MEMHOG), *args]
-
-
-def cli(*args: str, cwd=None, timeout=120, **kwargs) -> subprocess.CompletedProcess:
-    """Run the real CLI as a user would."""
-    return subprocess.run([sys.executable, "-m", "hlrp_ladder", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
-
-
-def start_until(*args: str, cwd: Path, pattern: str, count: int, timeout=60.0) -> subprocess.Popen:
-    """``hlrp-ladder ARGS`` started in the background, returned once ``count`` files under ``cwd`` match the glob
-    ``pattern`` (or after ``timeout`` s): a run caught mid-way, to be signalled by the test."""
-    proc = subprocess.Popen([sys.executable, "-m", "hlrp_ladder", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and len(list(Path(cwd).glob(pattern))) < count:
-        time.sleep(0.05)
-    return proc
+from tests.helpers import MEMHOG, NOBODY, ROOT, SLURM_SCRIPT, Slurm, UserEnv
 
 
 @pytest.fixture
@@ -73,10 +51,6 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 # ---- an ordinary user, and a real SLURM ------------------------------------------------------------------------
-SLURM_SCRIPT = ROOT / "tests" / "slurm" / "cluster.sh"
-NOBODY = "nobody"
-
-
 @pytest.fixture(scope="session")
 def user_env(tmp_path_factory):
     """What an ordinary user (nobody) can run: a venv of the system Python under /tmp with this package installed
@@ -112,40 +86,6 @@ def user_env(tmp_path_factory):
         shutil.rmtree(base, ignore_errors=True)
 
 
-class UserEnv:
-    """Runs the CLI as nobody: the process drops to uid/gid 65534 itself (so signals reach it directly), after
-    an optional ``before`` step that still runs as root (joining a cgroup root prepared, say)."""
-
-    def __init__(self, python: Path, work: Path, memhog: Path, uid: int, pythonpath: str = ""):
-        self.python, self.work, self.memhog, self.uid, self.pythonpath = python, work, memhog, uid, pythonpath
-
-    def env(self, extra: Optional[dict] = None) -> dict:
-        env = {**os.environ, "HOME": str(self.work), "MPLCONFIGDIR": str(self.work / ".mpl"), **(extra or {})}
-        env.pop("PYTHONPATH", None)
-        if self.pythonpath:
-            env["PYTHONPATH"] = self.pythonpath
-        return env
-
-    def _drop(self, before=None):
-        def setup() -> None:
-            if before is not None:
-                before()
-            os.setgroups([])
-            os.setgid(self.uid)
-            os.setuid(self.uid)
-        return setup
-
-    def popen(self, *args: str, env=None, before=None, **kw) -> subprocess.Popen:
-        return subprocess.Popen([str(self.python), "-m", "hlrp_ladder", *args], cwd=self.work, env=self.env(env),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                preexec_fn=self._drop(before), **kw)
-
-    def cli(self, *args: str, timeout=240, env=None, before=None) -> subprocess.CompletedProcess:
-        """The CLI as nobody, from its own folder."""
-        return subprocess.run([str(self.python), "-m", "hlrp_ladder", *args], cwd=self.work, capture_output=True,
-                              text=True, timeout=timeout, env=self.env(env), preexec_fn=self._drop(before))
-
-
 @pytest.fixture(scope="session")
 def slurm():
     """A real single-node SLURM (munged, slurmctld, slurmd with proctrack/cgroup and task/cgroup), started for
@@ -177,13 +117,3 @@ def slurm():
         import shutil
 
         shutil.rmtree(state, ignore_errors=True)
-
-
-class Slurm:
-    def __init__(self, state: Path, conf: str):
-        self.state, self.conf = state, conf
-
-    def queue(self, name_prefix: str = "hlrp-") -> list[str]:
-        """Jobs still in the queue whose name starts with ``name_prefix``: 'id state name' each."""
-        res = subprocess.run(["squeue", "-h", "-o", "%i %T %j"], capture_output=True, text=True)
-        return [line for line in res.stdout.splitlines() if line.split()[2].startswith(name_prefix)]

@@ -8,41 +8,62 @@ from pathlib import Path
 
 import pytest
 
-from hlrp_ladder import compare
+from hlrp_ladder.compare import matrix as compare
+from hlrp_ladder.compare.runner import run_request
+from hlrp_ladder.run.store import RunStore
+from hlrp_ladder.search.plan import resolve
 from hlrp_ladder.spec import parse_spec
-from tests.conftest import MEMHOG, cli, start_until
+from tests.helpers import MEMHOG, cli, start_until
 
 # ---- pure: the deltas and their noise bands ----------------------------------------------------------------------
 WORDS = ("faster", "slower")
 
 
+@pytest.mark.pure
 def test_a_clear_difference_is_called_and_its_band_leaves_out_zero():
     d = compare.delta([100.0, 102.0, 98.0], [50.0, 51.0, 49.0], WORDS)
     assert d.verdict == "slower" and d.delta == pytest.approx(-50.0) and d.delta_pct == pytest.approx(-50.0)
     assert d.low_pct < d.delta_pct < d.high_pct < 0
 
 
-def test_welch_interval_matches_the_textbook():
-    # a: mean 10, var 1; b: mean 12, var 4; n=4 each: se = sqrt(1/4 + 4/4) = 1.118, df = 4.41 -> t = 2.700
-    d = compare.delta([9.0, 10.0, 11.0, 10.0 + 0.0], [10.0, 12.0, 14.0, 12.0], WORDS)
-    a_var, b_var = 2 / 3, 8 / 3  # sample variances of those four values
-    se = ((a_var + b_var) / 4) ** 0.5
-    df = ((a_var + b_var) / 4) ** 2 / ((a_var / 4) ** 2 / 3 + (b_var / 4) ** 2 / 3)
-    half = compare.t975(df) * se
-    assert d.low_pct == pytest.approx(100 * (2 - half) / 10) and d.high_pct == pytest.approx(100 * (2 + half) / 10)
-    assert d.verdict == ("faster" if 2 - half > 0 else "within noise")
+@pytest.mark.pure
+def test_welch_band_matches_a_hand_computed_example():
+    # a = [9, 10, 11, 10]: mean 10, sample variance 2/3; b = [10, 12, 14, 12]: mean 12, variance 8/3; n = 4 each.
+    # se = sqrt((2/3 + 8/3) / 4) = sqrt(5/6) = 0.912871; Welch df = (5/6)^2 / ((1/6)^2/3 + (2/3)^2/3) = 4.411765;
+    # t_0.975 at that df = 2.6772 (between the table's 2.776 at df 4 and 2.571 at df 5; R's qt(0.975, 4.411765));
+    # half-width 2.4439: the difference 2 lies in [-0.4439, 4.4439], i.e. [-4.44, 44.44] % of a's mean 10.
+    d = compare.delta([9.0, 10.0, 11.0, 10.0], [10.0, 12.0, 14.0, 12.0], WORDS)
+    assert d.low_pct == pytest.approx(-4.439, abs=0.01) and d.high_pct == pytest.approx(44.439, abs=0.01)
+    assert d.verdict == "within noise"
 
 
+@pytest.mark.pure
+def test_two_repeats_a_side_get_the_exact_quantile_not_an_interpolated_one():
+    # n = 2 a side with equal variances: df = 2 exactly, t_0.975(2) = 4.303 (the table). Variances 2 each:
+    # se = sqrt(2/2 + 2/2) = 1.414214, half-width 6.0849. The difference 7 is called with a band [0.915, 13.085],
+    # i.e. [9.15, 130.85] % of a's mean 10.
+    d = compare.delta([9.0, 11.0], [16.0, 18.0], WORDS)
+    assert d.verdict == "faster"
+    assert d.low_pct == pytest.approx(9.151, abs=0.01) and d.high_pct == pytest.approx(130.849, abs=0.01)
+    # unequal variances put df between 1 and 2, where the old interpolated table was too wide: here variances
+    # 0.02 and 2 give df = 1.0200 and an exact t of 12.13 (R's qt(0.975, 1.02); the old table interpolated 12.54)
+    e = compare.delta([10.0, 10.2], [12.0, 14.0], WORDS)
+    se = (0.02 / 2 + 2 / 2) ** 0.5
+    assert e.high_pct - e.low_pct == pytest.approx(2 * 100 * 12.13 * se / 10.1, rel=0.002)
+
+
+@pytest.mark.pure
+def test_identical_repeats_measure_no_noise_and_call_nothing():
+    d = compare.delta([1.9, 1.9], [1.86, 1.86], ("higher loss", "lower loss"))
+    assert d.verdict == "no noise measured" and d.low_pct is None and d.delta_pct == pytest.approx(-2.105, abs=0.01)
+
+
+@pytest.mark.pure
 def test_noise_is_within_noise_and_one_run_has_no_band():
     assert compare.delta([100.0, 104.0, 96.0], [101.0, 97.0, 103.0], WORDS).verdict == "within noise"
     single = compare.delta([100.0], [120.0], WORDS)
     assert single.verdict == "no noise band" and single.low_pct is None and single.delta_pct == pytest.approx(20)
     assert compare.delta([], [1.0], WORDS).verdict == "no data"
-
-
-def test_t_quantiles():
-    assert compare.t975(1) == 12.706 and compare.t975(2.5) == pytest.approx((4.303 + 3.182) / 2)
-    assert compare.t975(1000) == pytest.approx(1.96)
 
 
 SEED = """name: seed
@@ -61,6 +82,7 @@ compare:
 """
 
 
+@pytest.mark.pure
 def test_apples_to_apples_lists_every_difference_beyond_what_a_pair_is_about():
     spec = parse_spec(SEED, "seed.yaml")
     source, limit = compare.pairs(spec, 48)
@@ -76,6 +98,7 @@ def test_apples_to_apples_lists_every_difference_beyond_what_a_pair_is_about():
     assert default[2].about == ["data", "data.adapter.tf.tfds_read.source", "training.validation.limit_batches"]
 
 
+@pytest.mark.pure
 def test_a_variant_wins_over_the_recipe_and_the_spec():
     spec = parse_spec(SEED, "seed.yaml")
     argv, env = compare.effective(spec, "gcs_lim4", 48)
@@ -115,6 +138,7 @@ timeout_s: 60
     return path
 
 
+@pytest.mark.process
 def test_the_matrix_runs_and_the_report_finds_the_known_costs(tmp_path):
     spec = hog_compare(tmp_path)
     assert "  slow: " in cli("validate", str(spec)).stdout  # each variant's argv
@@ -138,7 +162,8 @@ def test_the_matrix_runs_and_the_report_finds_the_known_costs(tmp_path):
     bigger = pairs[("base", "bigger")]["metrics"]["peak_bytes"]
     assert bigger["verdict"] == "more memory" and 110 * 2**20 < bigger["delta"] < 130 * 2**20
     same = pairs[("base", "same")]["metrics"]
-    assert same["val_loss"]["verdict"] == "within noise" and abs(same["samples_per_s"]["delta_pct"]) < 10
+    # the fixture's loss is deterministic: identical repeats measure no noise, and no verdict is drawn from that
+    assert same["val_loss"]["verdict"] == "no noise measured" and abs(same["samples_per_s"]["delta_pct"]) < 10
     assert pairs[("slow", "bigger")]["extra_differences"] == ["step_s"]
     assert pairs[("base", "slow")]["extra_differences"] == []
     md_res = cli("report", str(run), "--out", str(tmp_path / "rep"))
@@ -151,6 +176,7 @@ def test_the_matrix_runs_and_the_report_finds_the_known_costs(tmp_path):
     assert md_res.returncode == 0
 
 
+@pytest.mark.process
 def test_one_run_per_variant_says_no_noise_band(tmp_path):
     spec = hog_compare(tmp_path, repeats=1, parallel=1)
     assert cli("compare", str(spec), cwd=tmp_path, timeout=300).returncode == 0
@@ -161,6 +187,7 @@ def test_one_run_per_variant_says_no_noise_band(tmp_path):
     assert "With `repeats: 1` there is no variance to estimate" in next((tmp_path / "rep").glob("*.md")).read_text()
 
 
+@pytest.mark.process
 def test_a_killed_compare_resumes_where_it_stopped(tmp_path, marker):
     spec = hog_compare(tmp_path, repeats=2, parallel=1)
     spec.write_text(spec.read_text().replace('"step_s=0.01"', f'"step_s=0.01", "{marker}"'))
@@ -174,6 +201,8 @@ def test_a_killed_compare_resumes_where_it_stopped(tmp_path, marker):
     assert "compare: 8 runs of 4 variants at bs=8, 8 ok" in res.stdout
 
 
+@pytest.mark.process
+@pytest.mark.trainer
 def test_preflight_names_the_blocked_variants_before_anything_starts(tmp_path, tiny_data):
     seed = tmp_path / "seed.yaml"
     seed.write_text(SEED.replace("overrides: {data: oxe_local_spe0}",
@@ -197,15 +226,14 @@ def test_preflight_names_the_blocked_variants_before_anything_starts(tmp_path, t
     assert not [c for c in found if c.startswith("variant auto_default")]  # reads the local mirror
 
 
+@pytest.mark.pure
 def test_the_warm_up_run_gets_room_for_the_cache_and_the_counted_runs_the_cap(tmp_path):
-    from hlrp_ladder import compare_runner
-    from hlrp_ladder.store import RunStore
     text = hog_compare(tmp_path).read_text().replace("rss_limit: 4GiB,", "rss_limit: 4GiB, cap: 200MiB,")
     spec = parse_spec(text, "cmp.yaml")
-    plan = spec.plan()
+    plan = resolve(spec, 24 * 2**30)
     store = RunStore.create(spec, ["hlrp-ladder", "compare"], plan.to_json(), kind="compare")
-    warm = compare_runner.build_request(spec, plan, store, 8, "base", 0, None)
-    counted = compare_runner.build_request(spec, plan, store, 8, "base", 1, None)
+    warm = run_request(spec, plan, store, 8, "base", 0, None)
+    counted = run_request(spec, plan, store, 8, "base", 1, None)
     assert plan.cap_bytes == 200 * 2**20
     assert (warm.cap_bytes, counted.cap_bytes) == (400 * 2**20, 200 * 2**20)
     assert warm.folder.name == "warmup" and counted.folder.name == "base-r1"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hlrp_ladder.probe import cgroup as cgroups
-from tests.conftest import cli
+from tests.helpers import cli
 
 MIB = 2**20
 
@@ -49,6 +49,8 @@ def hog_spec(user_env, name: str, cap="250MiB") -> Path:
     return path
 
 
+@pytest.mark.process
+@pytest.mark.nobody
 def test_a_delegated_subtree_gives_an_ordinary_user_a_real_cap(user_env, delegated):
     procs = delegated / "cgroup.procs"
     res = user_env.cli("run", str(hog_spec(user_env, "dg")), before=lambda: procs.write_text("0"))
@@ -68,6 +70,8 @@ def test_a_delegated_subtree_gives_an_ordinary_user_a_real_cap(user_env, delegat
         assert "memory" not in (delegated / "cgroup.subtree_control").read_text().split()
 
 
+@pytest.mark.process
+@pytest.mark.nobody
 def test_without_delegation_the_run_says_no_cap_and_judges_by_the_soft_limit(user_env):
     res = user_env.cli("run", str(hog_spec(user_env, "nd")))
     assert res.returncode == 0, res.stdout + res.stderr
@@ -85,6 +89,7 @@ def test_without_delegation_the_run_says_no_cap_and_judges_by_the_soft_limit(use
     assert cap["status"] == "warn" and cap["detail"].startswith("no cap: 250 MiB cannot be enforced here")
 
 
+@pytest.mark.process
 def test_percentages_resolve_against_the_memory_a_cgroup_leaves(tmp_path, need_cgroup):
     jail, _ = cgroups.create(f"pytest-usable-{os.getpid()}", 2 << 30)  # as a container or a job would be
     try:

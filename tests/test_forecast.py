@@ -4,9 +4,11 @@ import statistics
 
 import pytest
 
-from hlrp_ladder.forecast import MIB, assess, fit_growth
-from hlrp_ladder.sizes import gib
-from tests.records import GIB, rec
+from hlrp_ladder.search.forecast import MIB, assess, fit_growth
+from hlrp_ladder.util.sizes import gib
+from tests.handmade import GIB, rec
+
+pytestmark = pytest.mark.pure
 
 
 def series(values_mib, every=50):
@@ -97,10 +99,6 @@ def test_page_cache_written_every_validation_is_no_leak():
     g = assess(blind, cycle_steps=50, warmup=1, long_run_steps=32400, long_run_interval=50,
                limit_bytes=int(1.5 * GIB), limit_name="cap", headroom_bytes=32 * MIB)
     assert (g.domain, g.kind, g.fits) == ("cgroup", "growth", False)
-    # a run judged on the charge (stored before the working set) forecasts the charge too
-    h = assess(cached, cycle_steps=50, warmup=1, long_run_steps=32400, long_run_interval=50,
-               limit_bytes=int(1.5 * GIB), limit_name="cap", headroom_bytes=32 * MIB, peak_measure="charge")
-    assert (h.domain, h.kind, h.fits) == ("cgroup", "growth", False)
     # a validation end without a working-set reading: the whole forecast falls back to the charge
     partial = rec(8, peak_gib=1.3, phase="stress", cap_gib=1.5, vals=vals, ws_gib=0.9, ws_vals=[0.9] * 6)
     partial.metrics.val_points[3].working_set_bytes = None

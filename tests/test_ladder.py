@@ -4,12 +4,14 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
+import pytest
 
-from tests.conftest import MEMHOG, cli
+from tests.helpers import MEMHOG, alive_with, cli, log_has, running_pid, wait_for
+
+pytestmark = pytest.mark.process
 
 
 def write_spec(tmp_path: Path, *, batch_sizes="[2, 4, 8, 16]", cap="250MiB", extra_args=(), steps=20,
@@ -44,7 +46,6 @@ def test_ladder_stops_at_the_first_kernel_oom_and_reports(tmp_path, need_cgroup)
     assert "warm-up (bs=2, not counted): ok" in res.stderr
     state = json.loads((run / "ladder.json").read_text())
     cap = state["plan"]["cap_bytes"]
-    assert state["plan"]["peak_measure"] == "working set"  # the measure this run is judged on, kept for resume
     assert json.loads((run / "warmup" / "request.json").read_text())["cap_bytes"] == 2 * cap  # room for the cache
     assert json.loads((run / "bs-0002" / "request.json").read_text())["cap_bytes"] == cap
     assert state["status"] == "done" and state["pick"] == 8
@@ -77,38 +78,12 @@ def test_bad_spec_exits_2(tmp_path):
                                                          f"size (e.g. '28GiB', '900MiB' or '85%')"
 
 
-def _wait_for(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
-
-
 def _running_probe(tmp_path, folder):
     """running.json once the probe's process exists (it is first written before the spawn, without a pid)."""
     def find():
-        for path in (tmp_path / "runs" / "hog").glob(f"*/{folder}/running.json"):
-            try:
-                if json.loads(path.read_text()).get("pid"):
-                    return path
-            except ValueError:
-                pass
-        return None
-    return _wait_for(find)
-
-
-def _alive(marker: str) -> list[psutil.Process]:
-    out = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if marker in " ".join(proc.info["cmdline"] or []) and proc.status() != psutil.STATUS_ZOMBIE:
-                out.append(proc)
-        except psutil.Error:
-            pass
-    return out
+        return next((path for path in (tmp_path / "runs" / "hog").glob(f"*/{folder}/running.json")
+                     if running_pid(path)), None)
+    return wait_for(find, 30, f"{folder}'s running.json with a pid")
 
 
 def _start(spec, tmp_path):
@@ -120,18 +95,21 @@ def test_sigkill_of_the_orchestrator_leaves_no_probe_and_resume_finishes(tmp_pat
     spec = write_spec(tmp_path, extra_args=["workers=1", "worker_mb=10", marker], steps=150)
     orchestrator = _start(spec, tmp_path)
     running = _running_probe(tmp_path, "bs-0004")
-    probe_pid = json.loads(running.read_text())["pid"]
+    probe_pid = running_pid(running)
+    wait_for(lambda: log_has(running.parent / "log.txt", "holding"), 30, "bs-0004's worker forked ('holding')")
     orchestrator.send_signal(signal.SIGKILL)
     orchestrator.wait()
     # The main probe process dies with the orchestrator (PR_SET_PDEATHSIG) ...
-    _wait_for(lambda: not psutil.pid_exists(probe_pid) or psutil.Process(probe_pid).status() == "zombie", 5)
+    wait_for(lambda: not psutil.pid_exists(probe_pid) or psutil.Process(probe_pid).status() == "zombie", 5,
+             f"the probe's process {probe_pid} gone")
     # ... and its forked worker holds no more than a few MiB until resume clears it.
+    assert len(alive_with(marker)) == 1, alive_with(marker)
     res = cli("run", str(spec), "--resume", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "bs-0004: unfinished; kept as bs-0004.unfinished-1" in res.stderr
     assert "resume: bs=2 ok" in res.stderr
     assert "pick: bs=8" in res.stdout
-    assert not _alive(marker)
+    assert not alive_with(marker)
     run = run_dir(tmp_path)
     assert (run / "bs-0004" / "result.json").exists() and (run / "bs-0004.unfinished-1" / "log.txt").exists()
     assert json.loads((run / "bs-0004" / "result.json").read_text())["attempt"] == 2
@@ -140,13 +118,15 @@ def test_sigkill_of_the_orchestrator_leaves_no_probe_and_resume_finishes(tmp_pat
 def test_ctrl_c_kills_the_tree_records_interrupted_and_exits_130(tmp_path, marker):
     spec = write_spec(tmp_path, cap=None, extra_args=["workers=2", marker], steps=400)
     orchestrator = _start(spec, tmp_path)
-    _running_probe(tmp_path, "bs-0002")
-    time.sleep(0.3)
+    log = _running_probe(tmp_path, "bs-0002").parent / "log.txt"
+    # the whole tree is up: the trainer prints "holding" once its two workers are forked
+    wait_for(lambda: log_has(log, "holding"), 30, f"'holding' in {log}")
+    assert len(alive_with(marker)) == 3, alive_with(marker)
     orchestrator.send_signal(signal.SIGINT)
     _, stderr = orchestrator.communicate(timeout=30)
     assert orchestrator.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
-    assert not _alive(marker)
+    assert not alive_with(marker)
     record = json.loads((run_dir(tmp_path) / "bs-0002" / "result.json").read_text())
     assert record["outcome"] == "interrupted"
     assert json.loads((run_dir(tmp_path) / "ladder.json").read_text())["status"] == "interrupted"

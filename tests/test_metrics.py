@@ -2,8 +2,12 @@
 the monitor saw it (or of the trainer's own sane timestamp), never a reading from the wrong time."""
 import json
 
+import pytest
+
 from hlrp_ladder.probe.metrics import LiveMetrics
 from hlrp_ladder.records import MetricsPatterns
+
+pytestmark = pytest.mark.pure
 
 START = 1000.0                                    # wall clock of the sampler's t = 0
 TIMELINE = [(0.5, 100, 90, 80), (1.0, 200, 190, 180), (1.5, 300, 290, 280), (2.0, 400, 390, 380), (2.5, 500, 490, 480)]

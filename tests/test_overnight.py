@@ -10,7 +10,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import MEMHOG, cli
+from tests.helpers import MEMHOG, alive_with, cli, log_has, running_pid, wait_for
+
+pytestmark = pytest.mark.process
 
 
 def ladder(tmp_path: Path, *, overnight: str, cap: str = "", extra_args=(), stress: str = "",
@@ -33,14 +35,20 @@ def status(tmp_path: Path, env=None) -> dict:
     return json.loads(res.stdout)
 
 
-def wait_state(tmp_path: Path, state: str, timeout=60.0, env=None) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = status(tmp_path, env)
-        if st["state"] == state:
-            return st
-        time.sleep(0.3)
-    raise AssertionError(f"never reached {state}: {st}")
+def wait_state(tmp_path: Path, state: str, timeout=60.0, env=None, until=lambda st: True) -> dict:
+    """`status --json` once the long run is in ``state`` (and ``until(status)`` holds), polled with a deadline."""
+    return wait_for(lambda: (lambda st: st if st["state"] == state and until(st) else None)(status(tmp_path, env)),
+                    timeout, f"the long run {state}", every=0.3)
+
+
+def trainer_up(st: dict, marker: str, text: str = "holding") -> int:
+    """The long run's trainer pid, once it has exec'd (its command line carries ``marker``) and printed ``text``
+    to its log.txt ("holding": its memory is allocated and, with term_save_s, its SIGTERM handler installed)."""
+    folder = Path(st["folder"])
+    pid = wait_for(lambda: running_pid(folder / "running.json"), 30, f"{folder}/running.json with a pid")
+    wait_for(lambda: any(p.pid == pid for p in alive_with(marker)), 30, f"the trainer {pid} carrying {marker}")
+    wait_for(lambda: log_has(folder / "log.txt", text), 30, f"{text!r} in {folder}/log.txt")
+    return pid
 
 
 def no_tmux_env() -> dict:
@@ -66,12 +74,10 @@ def test_launch_outlives_the_command_and_status_follows_it(tmp_path, with_tmux, 
         pytest.fail("tmux is part of the set-up (make setup installs it); it is missing here")
     env = None if with_tmux else no_tmux_env()
     ladder(tmp_path, overnight="{max_steps: 300, check_interval: 100, limit_batches: 1}", extra_args=[marker])
-    start = time.monotonic()
     res = cli("launch-overnight", "--pick", "stable", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path, env=env)
-    took = time.monotonic() - start
     assert res.returncode == 0, res.stderr
     assert ("tmux attach -t" in res.stdout) == with_tmux
-    # the launching command has exited; the long run goes on without it
+    # the launching command has exited without waiting for the long run, which goes on without it
     st = wait_state(tmp_path, "running", env=env)
     assert st["batch_size"] == 4 and psutil.pid_exists(st["runner_pid"])
     assert (st["tmux_session"] is not None) == with_tmux
@@ -80,7 +86,6 @@ def test_launch_outlives_the_command_and_status_follows_it(tmp_path, with_tmux, 
     folder = Path(st["folder"])
     assert {"argv.json", "log.txt", "memory.csv", "metrics.jsonl", "result.json", "request.json",
             "submitted.json", "runner.json"} <= {p.name for p in folder.iterdir()}
-    assert took < 15
 
 
 def test_dry_run_starts_nothing(tmp_path, marker):
@@ -91,9 +96,10 @@ def test_dry_run_starts_nothing(tmp_path, marker):
     assert '"training.max_steps=300"' in res.stdout and '"data.loader.batch_size=4"' in res.stdout
     assert "HLRP_LADDER_METRICS" in res.stdout and "log.txt" in res.stdout
     run = next((tmp_path / "runs" / "night").iterdir())
+    # a launch writes the long run's folder (request.json, submitted.json) before it starts anything, and
+    # returns only once its running.json is there: no folder, and nothing of the ladder's left running
     assert not list(run.glob("overnight*"))
-    time.sleep(0.5)
-    assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+    assert not alive_with(marker)
 
 
 def test_second_launch_is_refused_while_one_is_alive_and_force_replaces_it(tmp_path, tmux_cleanup, marker):
@@ -121,11 +127,7 @@ def test_status_of_a_capped_long_run_shows_its_working_set_and_its_charge(tmp_pa
            extra_args=[marker])
     runs = str(tmp_path / "runs")
     assert cli("launch-overnight", "--pick", "stable", "--runs-dir", runs, cwd=tmp_path).returncode == 0
-    st = wait_state(tmp_path, "running")
-    deadline = time.monotonic() + 20
-    while st.get("working_set_bytes") is None and time.monotonic() < deadline:  # the first heartbeat
-        time.sleep(0.2)
-        st = wait_state(tmp_path, "running")
+    st = wait_state(tmp_path, "running", until=lambda st: st.get("working_set_bytes") is not None)  # a heartbeat
     assert 0 < st["working_set_bytes"] <= st["cgroup_bytes"] and st["peak_working_set_bytes"] >= st["working_set_bytes"]
     human = cli("status", "--runs-dir", runs, cwd=tmp_path).stdout
     assert "working set " in human and " at peak, against the " in human and "(charged with page cache: " in human
@@ -190,6 +192,7 @@ def test_an_inconclusive_run_is_refused_for_stable_and_said_everywhere(tmp_path)
     assert "**Inconclusive: none** — bs=2 stress timeout" in md and "status inconclusive" in md
 
 
+@pytest.mark.trainer
 def test_reference_trainer_overnight_for_a_few_steps(tmp_path, tiny_data, tmux_cleanup):
     command = [sys.executable, "-m", "trainer.train", f"paths.data_dir={tiny_data}",
                f"logging.runs_dir={tmp_path / 'truns'}", "data.adapter.tf.image_size=32",
@@ -223,7 +226,7 @@ def test_no_secret_on_any_command_line_or_record_and_records_follow_the_umask(tm
     assert res.returncode == 0, res.stderr
     st = wait_state(tmp_path, "running")
     folder = Path(st["folder"])
-    time.sleep(0.5)
+    trainer_up(st, marker)  # the trainer's command line is there to be read
     for proc in psutil.process_iter(["cmdline"]):  # what every user of the machine can read
         assert secret not in " ".join(proc.info["cmdline"] or []), proc.info["cmdline"]
     monitor = psutil.Process(st["runner_pid"])
@@ -257,7 +260,7 @@ def test_killing_the_tmux_session_gives_the_long_run_its_grace_to_save(tmp_path,
            extra_args=["term_save_s=1.0", marker])
     assert cli("launch-overnight", "--pick", "stable", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path).returncode == 0
     st = wait_state(tmp_path, "running")
-    time.sleep(0.5)
+    trainer_up(st, marker)  # its SIGTERM handler is installed before it allocates and says "holding"
     subprocess.run(["tmux", "kill-session", "-t", f"={st['tmux_session']}"], check=True)
     ended = wait_state(tmp_path, "ended", timeout=30)
     assert ended["outcome"] == "interrupted"

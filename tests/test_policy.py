@@ -5,10 +5,12 @@ from typing import Optional
 
 import pytest
 
-from hlrp_ladder import policy
+from hlrp_ladder import search as policy
 from hlrp_ladder.probe.outcome import classify
 from hlrp_ladder.records import Forecast, Outcome
-from tests.records import GIB, rec
+from tests.handmade import GIB, rec
+
+pytestmark = pytest.mark.pure
 
 LADDER = [8, 12, 16, 20, 24, 32]
 PLAN = policy.Plan(batch_sizes=LADDER, limit_bytes=2 * GIB)
@@ -98,7 +100,7 @@ def test_headroom_rejects_a_pick_too_close_to_the_cap():
 def test_under_a_cap_the_working_set_is_judged_not_the_page_cache_the_charge_also_holds():
     # measured: bs=20's stress probe charged the whole 1.25 GiB cap in one run (page cache filling it up) and
     # 1.19-1.20 GiB in others; its working set stayed under 1.21 GiB. The charge decided the pick by the cache.
-    plan = dataclasses.replace(STRESS, headroom_bytes=32 * 2**20, peak_measure="working set")
+    plan = dataclasses.replace(STRESS, headroom_bytes=32 * 2**20)
     at_cap = rec(20, "ok", 1.25, phase="stress", cap_gib=1.25, t=120.0, ws_gib=1.19)
     at_cap.peaks.cgroup_sampled_bytes = at_cap.peaks.kernel_bytes   # it sat at the cap: no spike was missed
     assert policy.fit_peak(at_cap) == int(1.19 * GIB)
@@ -119,17 +121,6 @@ def test_a_spike_between_samples_counts_against_the_working_set():
     assert policy.fit_peak(spiky) == int(1.0 * GIB) + int(1.25 * GIB) - int(1.10 * GIB)
     spiky.peaks.working_set_sampled_bytes = int(1.2 * GIB)
     assert policy.fit_peak(spiky) == int(1.25 * GIB)  # never above the charged peak
-
-
-def test_a_run_stored_before_the_working_set_is_judged_on_the_charge_throughout():
-    # a ladder.json plan without peak_measure: resumed by this version, its new records must not be judged on
-    # another measure than its old ones
-    stored = policy.Plan.from_json({k: v for k, v in dataclasses.asdict(
-        dataclasses.replace(STRESS, headroom_bytes=32 * 2**20)).items() if k != "peak_measure"})
-    assert stored.peak_measure == "charge"
-    new = rec(20, "ok", 1.25, phase="stress", cap_gib=1.25, t=120.0, ws_gib=1.19)
-    assert policy.next_rung(stored, ONE_VAL + [stress(24, "oom_killed", 1.25), new]) == policy.Rung(16, "stress")
-    assert policy.fit_peak(new, stored.peak_measure) == int(1.25 * GIB)
 
 
 def test_warmup_gets_twice_the_cap_within_the_soft_limit():

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from hlrp_ladder.preflight.checks import writable_dir
-from tests.conftest import MEMHOG, cli
+from tests.helpers import MEMHOG, cli
+
+pytestmark = pytest.mark.process
 
 
 def write_spec(path: Path, body: str) -> Path:
@@ -33,6 +35,7 @@ overrides:
 {extra}""")
 
 
+@pytest.mark.trainer
 def test_ready_spec_passes(tmp_path, tiny_data):
     res = cli("preflight", str(trainer_spec(tmp_path, tiny_data)), "--json")
     assert res.returncode == 0, res.stdout
@@ -41,6 +44,7 @@ def test_ready_spec_passes(tmp_path, tiny_data):
     assert f["probe command"]["status"] == "ok" and f["trainer config"]["status"] == "ok"
 
 
+@pytest.mark.trainer
 def test_deleted_shard_is_named_with_the_count_and_run_starts_nothing(tmp_path, tiny_data):
     data = tmp_path / "mirror"
     shutil.copytree(tiny_data, data)
@@ -58,6 +62,7 @@ def test_deleted_shard_is_named_with_the_count_and_run_starts_nothing(tmp_path, 
     assert not (tmp_path / "runs").exists()  # nothing was started, not even a run folder
 
 
+@pytest.mark.trainer
 def test_truncated_shard_is_caught_by_its_size(tmp_path, tiny_data):
     data = tmp_path / "mirror"
     shutil.copytree(tiny_data, data)
@@ -67,6 +72,7 @@ def test_truncated_shard_is_caught_by_its_size(tmp_path, tiny_data):
     assert f["status"] == "fail" and "a shard is truncated" in f["detail"]
 
 
+@pytest.mark.trainer
 def test_missing_checkpoint_and_unknown_override(tmp_path, tiny_data):
     spec = trainer_spec(tmp_path, tiny_data, "  model.laq.checkpoint: /nonexistent/laq.pt\n  data.loader.batchsize: 3\n")
     res = cli("preflight", str(spec), "--json")
@@ -77,6 +83,7 @@ def test_missing_checkpoint_and_unknown_override(tmp_path, tiny_data):
                                              "(did you mean data.loader.batch_size?)")
 
 
+@pytest.mark.trainer
 def test_unresolvable_host_and_unreachable_gcs(tmp_path, tiny_data):
     spec = trainer_spec(tmp_path, tiny_data, extra="preflight: {hosts: [login.cluster.invalid], network_timeout_s: 2}\n")
     spec.write_text(spec.read_text().replace("tfds_read.source: local", "tfds_read.source: gcs"))

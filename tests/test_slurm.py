@@ -9,7 +9,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import cli
+import pytest
+
+from tests.helpers import cli
+
+pytestmark = [pytest.mark.slurm, pytest.mark.nobody, pytest.mark.process]
 
 MIB = 2**20
 

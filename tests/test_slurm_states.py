@@ -3,12 +3,14 @@ including the ones a single-node test cluster cannot produce cheaply (PREEMPTED,
 admin). The real-cluster tests (test_slurm.py) see OUT_OF_MEMORY, TIMEOUT, NODE_FAIL, CANCELLED, PENDING."""
 import pytest
 
-from hlrp_ladder.executors.slurm import _expand, time_limit
+from hlrp_ladder.executors.slurm import expand_hostlist, time_limit
 from hlrp_ladder.executors.slurm.commands import Job, format_minutes, minutes
 from hlrp_ladder.executors.slurm.states import merge
 from hlrp_ladder.records import Outcome
 from hlrp_ladder.spec import SlurmSettings
-from tests.records import rec
+from tests.handmade import rec
+
+pytestmark = pytest.mark.pure
 
 
 def job(state, reason="None", exit_code="0:0"):
@@ -62,4 +64,4 @@ def test_times_and_node_lists():
     assert time_limit(settings, 300, None) == "00:07:00"           # a probe: its timeout + 2 minutes
     assert time_limit(settings, None, 9 * 3600) == "09:54:00"      # the long run: 9 h + 10 %
     assert time_limit(SlurmSettings(time="00:30:00"), 300, None) == "00:30:00"
-    assert _expand("node[1-3],gpu07,cpu[08-09]") == {"node1", "node2", "node3", "gpu07", "cpu08", "cpu09"}
+    assert expand_hostlist("node[1-3],gpu07,cpu[08-09]") == {"node1", "node2", "node3", "gpu07", "cpu08", "cpu09"}

@@ -3,7 +3,11 @@ import json
 import sys
 from pathlib import Path
 
-from tests.conftest import MEMHOG, cli
+import pytest
+
+from tests.helpers import MEMHOG, cli
+
+pytestmark = pytest.mark.process
 
 
 def spec(tmp_path: Path, *, args, cap, stress="{max_steps: 220, check_interval: 50, limit_batches: 2}",

@@ -12,6 +12,8 @@ import pytest
 from trainer.config import ConfigError, load_config
 from trainer.data.layout import verify
 
+pytestmark = pytest.mark.trainer
+
 # Small and fast: 32 px images, a few steps; the knobs are the real ones.
 FAST = ["data.adapter.tf.image_size=32", "data.adapter.tf.shuffle_buffer=50", "training.metrics_every_n_steps=2"]
 
@@ -143,6 +145,7 @@ def test_bad_override_is_one_line_and_exit_2(arg, message):
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.pure
 def test_every_documented_adapter_key_is_accepted():
     keys = {
         "data.adapter.tf.mixing.strategy": "python", "data.adapter.tf.mixing.mix_block_length": "8",

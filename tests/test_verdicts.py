@@ -15,10 +15,13 @@ import pytest
 
 from hlrp_ladder.probe.runner import run_probe
 from hlrp_ladder.probe import cgroup as cgroups
+from hlrp_ladder.probe.cgroup import discovery as cgroup_discovery
 from hlrp_ladder.probe import runner as runner_mod
 from hlrp_ladder.records import MARKER_ENV, Outcome, ProbeRequest
-from hlrp_ladder.store import kill_leftovers
-from tests.conftest import MEMHOG, cli, memhog
+from hlrp_ladder.probe.process import kill_leftovers
+from tests.helpers import MEMHOG, alive_with, cli, memhog, running_pid, wait_for
+
+pytestmark = pytest.mark.process
 
 MIB = 2**20
 
@@ -110,12 +113,13 @@ def _capped_cgroup(limit_mb: int):
 def test_without_a_cgroup_another_jobs_oom_kill_does_not_fail_an_ok_probe(tmp_path, need_cgroup, monkeypatch):
     bystander_cg = _capped_cgroup(60)
     try:
-        monkeypatch.setattr(cgroups, "mounts", lambda: (None, None))  # the probe gets no cgroup of its own
+        monkeypatch.setattr(cgroup_discovery, "mounts", lambda: (None, None))  # the probe gets no cgroup of its own
         probe = request(tmp_path, memhog("base_mb=30", "steps=150", "step_s=0.02"))
         holder = {}
         thread = threading.Thread(target=lambda: holder.setdefault("rec", run_probe(probe)))
         thread.start()
-        time.sleep(0.8)
+        # the probe runs (its oom counter read, its process spawned) before the other job is killed
+        wait_for(lambda: running_pid(tmp_path / "p" / "running.json"), 10, "the probe's running.json with a pid")
         # another user's job, in its own 60 MiB cgroup, runs out of memory while the probe runs
         victim = subprocess.Popen(memhog("base_mb=300", "steps=5"),
                                   preexec_fn=lambda: open(bystander_cg.procs_file, "w").write("0"))
@@ -134,16 +138,13 @@ def test_without_a_cgroup_another_jobs_oom_kill_does_not_fail_an_ok_probe(tmp_pa
 def test_without_a_cgroup_a_kill_of_the_tree_is_found_in_the_kernel_log(tmp_path, need_cgroup, monkeypatch):
     trap = _capped_cgroup(80)
     try:
-        monkeypatch.setattr(cgroups, "mounts", lambda: (None, None))
+        monkeypatch.setattr(cgroup_discovery, "mounts", lambda: (None, None))
         probe = request(tmp_path, memhog("start_delay_s=1.0", "base_mb=300", "steps=5"))
         holder = {}
         thread = threading.Thread(target=lambda: holder.setdefault("rec", run_probe(probe)))
         thread.start()
-        running = tmp_path / "p" / "running.json"
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not (running.exists() and json.loads(running.read_text())["pid"]):
-            time.sleep(0.02)
-        trap.procs_file.write_text(str(json.loads(running.read_text())["pid"]))  # before it allocates
+        pid = wait_for(lambda: running_pid(tmp_path / "p" / "running.json"), 10, "the probe's running.json with a pid")
+        trap.procs_file.write_text(str(pid))  # before it allocates (start_delay_s)
         thread.join(60)
         rec = holder["rec"]
         assert rec.outcome == Outcome.oom_killed, rec.evidence
@@ -153,6 +154,15 @@ def test_without_a_cgroup_a_kill_of_the_tree_is_found_in_the_kernel_log(tmp_path
 
 
 # ---- 10. resume kills only what is surely ours -----------------------------------------------------------------
+def _sigkill_sent(pid: int) -> bool:
+    """Whether ``pid`` has been sent SIGKILL: pending (/proc status SigPnd/ShdPnd), or already exiting
+    (PF_EXITING in /proc stat's flags) or a zombie."""
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    pending = int(status["SigPnd"], 16) | int(status["ShdPnd"], 16)
+    flags = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[6])
+    return bool(pending & (1 << (signal.SIGKILL - 1))) or bool(flags & 0x4) or status["State"].strip()[0] in "ZX"
+
+
 def test_resume_kills_marked_processes_and_cgroup_members_not_a_reused_process_group(tmp_path):
     marker = f"pytest-{time.monotonic_ns()}"
     stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)          # its own group, no mark
@@ -160,17 +170,16 @@ def test_resume_kills_marked_processes_and_cgroup_members_not_a_reused_process_g
     try:
         # Until it has exec'd, the child shows the parent's environment (no marker): wait for the exec, as a
         # resume days later would find it (on a loaded machine the fork-to-exec gap failed this test once).
-        deadline = time.monotonic() + 10
-        while psutil.Process(ours.pid).environ().get(MARKER_ENV) != marker and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: psutil.Process(ours.pid).environ().get(MARKER_ENV) == marker, 10, "the marked child's exec")
         running = tmp_path / "running.json"
         # a probe whose process group id, days later, is the stranger's; what carries its marker is ours
         running.write_text(json.dumps({"pid": 1, "pgid": stranger.pid, "create_time": 0, "cgroup": None,
                                        "marker": marker}))
         assert kill_leftovers(running) == 1
         assert ours.wait(5) == -signal.SIGKILL
-        time.sleep(0.2)
-        assert stranger.poll() is None  # the old rule (same group, started later) killed it
+        # the old rule (same group, started later) killed it; kill_leftovers signals before it returns, so a
+        # SIGKILL sent to the stranger would show now: reaped, exiting, or pending
+        assert stranger.poll() is None and not _sigkill_sent(stranger.pid)
     finally:
         for proc in (stranger, ours):
             proc.kill()
@@ -188,9 +197,7 @@ def test_a_crash_mid_probe_leaves_no_process_and_no_cgroup(tmp_path, need_cgroup
     info = json.loads((tmp_path / "p" / "running.json").read_text())
     assert info["cgroup"] and info["marker"]  # recorded before the spawn
     assert cgroups.find(info["cgroup"]) is None  # removed on the way out
-    time.sleep(0.2)
-    assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])
-                and p.status() != psutil.STATUS_ZOMBIE]
+    wait_for(lambda: not alive_with(marker), 5, f"no process carrying {marker}")
 
 
 def test_run_sweeps_stale_empty_cgroups_of_dead_monitors(tmp_path, need_cgroup):

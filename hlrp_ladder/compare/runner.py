@@ -19,11 +19,12 @@ from hlrp_ladder.compare import matrix
 from hlrp_ladder.records import Outcome, Phase, ProbeRecord, ProbeRequest
 from hlrp_ladder.run.flight import Flight, InFlight
 from hlrp_ladder.run.live import LiveView
-from hlrp_ladder.run.session import RunResult, drive, interrupted, open_run, probe_request
+from hlrp_ladder.run.session import RunResult, drive, interrupted, no_space, open_run, probe_request
 from hlrp_ladder.run.store import RunStore
 from hlrp_ladder.search.state import Plan, Verdict, warmup_cap
 from hlrp_ladder.spec.loader import SpecError
 from hlrp_ladder.spec.model import Spec
+from hlrp_ladder.util.files import DiskFull
 from hlrp_ladder.util.signals import StopFlag
 
 WARMUP = "warmup"
@@ -116,11 +117,14 @@ def _run(spec: Spec, executor: executors.Executor, view: LiveView, resume: Optio
             flight.submit((variant, repeat), index, run_request(spec, plan, store, bs, variant, repeat,
                                                                 flight.cores_of(index)))
 
-    with StopFlag() as stop:
-        if drive(flight, stop, collect, step):
-            return interrupted(store, command_line, records, verb="compare")
-    ok = sum(r.outcome == Outcome.ok for r in records)
-    reason = (f"compare: {len(records)} runs of {len(cmp.variants)} variants at bs={bs}, {ok} ok; the "
-              f"pairs and their noise bands: hlrp-ladder report {store.root}")
-    store.write_state(status="done", reason=reason, exit_code=0)
+    try:
+        with StopFlag() as stop:
+            if drive(flight, stop, collect, step):
+                return interrupted(store, command_line, records, verb="compare")
+        ok = sum(r.outcome == Outcome.ok for r in records)
+        reason = (f"compare: {len(records)} runs of {len(cmp.variants)} variants at bs={bs}, {ok} ok; the "
+                  f"pairs and their noise bands: hlrp-ladder report {store.root}")
+        store.write_state(status="done", reason=reason, exit_code=0)
+    except DiskFull as exc:
+        raise no_space(store, command_line, exc, verb="compare") from None
     return RunResult(store, Verdict(None, reason, 0, status="done"), records)

@@ -13,6 +13,7 @@ from hlrp_ladder.probe.folder import LOG, METRICS, RESULT, RUNNER, STATUS, SUBMI
 from hlrp_ladder.records import Phase, ProbeRecord
 from hlrp_ladder.run.store import RunStore
 from hlrp_ladder.search.words import probe_clause
+from hlrp_ladder.util.files import read_tail
 from hlrp_ladder.util.sizes import gib
 
 
@@ -106,14 +107,12 @@ def status_lines(st: dict) -> list[str]:
 
 def _last_metrics(path: Path) -> dict:
     last: dict = {}
-    try:
-        lines = path.read_text(errors="replace").splitlines()[-200:]
-    except OSError:
-        return last
-    for line in lines:
+    for line in read_tail(path, 256 << 10)[-200:]:  # a long run's metrics file can be large: its end only
         try:
             event = json.loads(line)
         except ValueError:
+            continue
+        if not isinstance(event, dict):
             continue
         if event.get("event") == "train":
             last.update(step=event.get("step"), samples_per_s=event.get("samples_per_s"),

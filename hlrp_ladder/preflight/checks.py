@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from hlrp_ladder.preflight.core import FAIL, OK, SKIP, WARN, Context, Finding, check
+from hlrp_ladder.util.sizes import gib
 
 WANDB_HOST = "api.wandb.ai"
 FILE_KEY_ENDINGS = (".checkpoint", "_checkpoint", "_path", ".path", "_file", ".file")
@@ -77,13 +78,40 @@ def _env(ctx: Context) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------------- checks
+LOG_BYTES_PER_PROBE = 1 << 20   # a guess at a probe's log: the trainer's output is not ours to know
+CSV_ROW_BYTES = 60              # one memory.csv row
+
+
+def space_needed(spec) -> int:
+    """A rough upper estimate of what a run of ``spec`` writes under runs_dir: each probe's folder (its
+    timeline at the sampling rate for its whole timeout, a log, the JSON files) times the probes it may run."""
+    rungs = len(spec.batch_sizes)
+    probes = rungs * spec.repeats + (rungs if spec.stress is not None else 0) + 1
+    if spec.compare is not None:
+        probes = max(probes, len(spec.compare.variants) * spec.compare.repeats + 1)
+    rows = spec.timeout_s / spec.memory.sample_interval_s
+    return int(probes * (1 + spec.retries) * (rows * CSV_ROW_BYTES + LOG_BYTES_PER_PROBE + (64 << 10)))
+
+
 @check("runs dir")
 def runs_dir(ctx: Context) -> Iterator[Finding]:
-    why = writable_dir(Path(ctx.spec.runs_dir))
-    if why is None:
-        yield Finding("runs dir", OK, f"{ctx.spec.runs_dir} is writable")
-    else:
+    folder = Path(ctx.spec.runs_dir).expanduser()
+    why = writable_dir(folder)
+    if why is not None:
         yield Finding("runs dir", FAIL, why, "set runs_dir in the spec to a writable folder, e.g. runs_dir: /tmp/hlrp-runs")
+        return
+    here = folder
+    while not here.exists():
+        here = here.parent
+    free, need = shutil.disk_usage(here).free, space_needed(ctx.spec)
+    if free < need:
+        yield Finding("runs dir", WARN, f"{ctx.spec.runs_dir} is writable, but its filesystem has {gib(free)} free "
+                      f"and a run may write about {gib(need)} (probes x timeline, log and records)",
+                      "free space there, or set runs_dir to a folder with room; a run that fills the disk stops, "
+                      "says so, and resumes with --resume")
+    else:
+        yield Finding("runs dir", OK, f"{ctx.spec.runs_dir} is writable, {gib(free)} free (a run may write about "
+                      f"{gib(need)})")
 
 
 @check("output dirs")

@@ -28,7 +28,7 @@ from typing import Iterator, Optional
 from pydantic import ValidationError
 
 from hlrp_ladder.records import Evidence, Limits, Outcome, Peaks, ProbeRecord, ProbeRequest
-from hlrp_ladder.util.files import atomic_write, write_json, write_json_once
+from hlrp_ladder.util.files import atomic_write, read_tail, write_json, write_json_once
 from hlrp_ladder.util.masking import mask, mask_argv
 
 REQUEST, SUBMITTED, RUNNER, STATUS, ENV_FILE = "request.json", "submitted.json", "runner.json", "status.json", ".env.json"
@@ -209,11 +209,8 @@ class ProbeFolder:
         return record
 
     def log_tail_line(self, name: str = RUNNER_LOG) -> Optional[str]:
-        """The last non-empty line of one of the folder's logs (300 characters at most)."""
-        try:
-            lines = [line.strip() for line in self.file(name).read_text(errors="replace").splitlines() if line.strip()]
-        except OSError:
-            return None
+        """The last non-empty line of one of the folder's logs (300 characters at most; its last 64 KiB read)."""
+        lines = [line.strip() for line in read_tail(self.file(name), 64 << 10) if line.strip()]
         return lines[-1][:300] if lines else None
 
 

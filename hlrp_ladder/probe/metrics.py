@@ -7,6 +7,10 @@ and the sample before that read is one certainly taken before it was written. Th
 used when it is sane (after the probe started and not after the monitor saw the line), otherwise the time it was
 seen. An event first seen after the process exited has no trustworthy time unless the trainer gave one: it gets
 no memory reading, rather than a wrong one.
+
+What a trainer writes cannot make the runner grow: each file is read incrementally (new bytes only, at most
+``CHUNK_BYTES`` a poll), a line longer than ``MAX_LINE_BYTES`` is skipped (counted, and said in the record), and
+at most ``MAX_VALUES`` values of each metric are kept (the latest ones).
 """
 from __future__ import annotations
 
@@ -14,26 +18,19 @@ import bisect
 import json
 import re
 import statistics
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from hlrp_ladder.records import Metrics, MetricsPatterns, ValPoint
 
-TAIL_BYTES = 4 << 20
+TAIL_BYTES = 4 << 20        # of the log, read at the end to classify how the probe ended
+CHUNK_BYTES = 4 << 20       # read from a growing file per poll
+MAX_LINE_BYTES = 1 << 20    # a longer line is skipped: no metric is a megabyte long
+FINISH_BYTES = 64 << 20     # read at most this much more once the process is gone: the file's end
+MAX_VALUES = 10_000         # values kept per metric (rates, validations): the latest ones
 CLOCK_SLACK_S = 1.0   # a trainer's timestamp may lead the monitor's read by this much (buffered writes, rounding)
-
-
-def read_tail(path: Path, limit: int = TAIL_BYTES) -> list[str]:
-    """The last ``limit`` bytes of a log as lines (a probe log can be large)."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, 2)
-            size = handle.tell()
-            handle.seek(max(0, size - limit))
-            return handle.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return []
 
 
 def _rate(values: list[float]) -> Optional[float]:
@@ -43,25 +40,65 @@ def _rate(values: list[float]) -> Optional[float]:
 
 
 class _Lines:
-    """New complete lines of a growing file, from where the last read stopped."""
+    """New complete lines of a growing file, from where the last read stopped. Bounded: at most ``CHUNK_BYTES``
+    per read, and a line that grows past ``MAX_LINE_BYTES`` without a newline is dropped (and the rest of it,
+    up to its newline, skipped), counted in ``skipped``."""
 
     def __init__(self, path: Path):
         self.path, self.offset, self.partial = path, 0, b""
+        self.skipping = False   # inside a line too long to keep, until its newline
+        self.skipped = 0
+        self.more = False       # the last read stopped at CHUNK_BYTES: there is more to read
+        self.jumped = 0         # bytes given up by jump_to_tail
+
+    def jump_to_tail(self, keep: int) -> None:
+        """Read on from ``keep`` bytes before the end when more than that is unread (the line cut there is
+        dropped)."""
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return
+        if size - self.offset > keep:
+            self.jumped += size - keep - self.offset
+            self.offset, self.partial, self.skipping = size - keep, b"", True
 
     def read(self) -> list[str]:
         try:
             with open(self.path, "rb") as handle:
                 handle.seek(self.offset)
-                data = handle.read(TAIL_BYTES)
+                data = handle.read(CHUNK_BYTES)
         except OSError:
             return []
+        self.more = len(data) == CHUNK_BYTES
         if not data:
             return []
         self.offset += len(data)
-        data = self.partial + data
         lines = data.split(b"\n")
-        self.partial = lines.pop()  # an unfinished last line waits for the rest (or is dropped: a killed probe)
-        return [line.decode("utf-8", "replace") for line in lines]
+        tail = lines.pop()  # an unfinished last line waits for the rest (or is dropped: a killed probe)
+        if lines:
+            first = lines[0]
+            if self.skipping:
+                lines = lines[1:]  # the end of a line too long to keep
+                self.skipping = False
+            else:
+                lines[0] = self.partial + first
+            self.partial = b""
+        out = []
+        for line in lines:
+            if len(line) > MAX_LINE_BYTES:
+                self.skipped += 1
+            else:
+                out.append(line.decode("utf-8", "replace"))
+        if self.skipping:
+            return out
+        if lines:
+            self.partial = tail
+        else:
+            self.partial += tail
+        if len(self.partial) > MAX_LINE_BYTES:
+            self.partial, self.skipping = b"", True
+            self.skipped += 1
+        return out
 
 
 @dataclass
@@ -79,8 +116,11 @@ class LiveMetrics:
     regex: MetricsPatterns
     start_wall: float                      # wall-clock time of the sampler's t = 0
     check_interval: Optional[int] = None   # steps between validations, to number regex-only validations
-    events: list[_Seen] = field(default_factory=list)
-    found: dict[str, list[tuple[float, Optional[float]]]] = field(default_factory=dict)
+    events: deque = field(default_factory=lambda: deque(maxlen=MAX_VALUES))   # val_end and done, latest kept
+    rates: dict[str, deque] = field(default_factory=dict)   # train events' step_per_s, samples_per_s
+    last_step: Optional[int] = None
+    found: dict[str, deque] = field(default_factory=dict)    # regex name -> (value, seen t, n-th), latest kept
+    counts: dict[str, int] = field(default_factory=dict)     # regex name -> matches so far
 
     def __post_init__(self) -> None:
         self._jsonl = _Lines(self.jsonl)
@@ -88,6 +128,16 @@ class LiveMetrics:
                                                                                    "val_loss")
                           if getattr(self.regex, name)}
         self._log = _Lines(self.log) if self._patterns else None
+
+    @property
+    def skipped(self) -> int:
+        """Lines skipped for their length, in the metrics file and the log."""
+        return self._jsonl.skipped + (self._log.skipped if self._log is not None else 0)
+
+    @property
+    def unread(self) -> int:
+        """Bytes of the metrics file and the log given up after the process ended (they ran too far ahead)."""
+        return self._jsonl.jumped + (self._log.jumped if self._log is not None else 0)
 
     def poll(self, t: Optional[float]) -> None:
         """Read what was written since the last call; ``t`` is now on the sampler's clock (None: after exit)."""
@@ -97,7 +147,7 @@ class LiveMetrics:
             except ValueError:
                 continue
             if isinstance(event, dict) and "event" in event:
-                self.events.append(_Seen(event, t))
+                self._event(event, t)
         if self._log is not None:
             for line in self._log.read():
                 for name, pattern in self._patterns.items():
@@ -107,7 +157,32 @@ class LiveMetrics:
                             value = float(match.group(1) if match.groups() else match.group(0))
                         except ValueError:
                             continue
-                        self.found.setdefault(name, []).append((value, t))
+                        self.counts[name] = self.counts.get(name, 0) + 1
+                        self.found.setdefault(name, deque(maxlen=MAX_VALUES)).append((value, t, self.counts[name]))
+
+    def _event(self, event: dict, t: Optional[float]) -> None:
+        step = event.get("step")
+        if isinstance(step, int) and not isinstance(step, bool):
+            self.last_step = step if self.last_step is None else max(self.last_step, step)
+        if event["event"] == "train":
+            for name in ("step_per_s", "samples_per_s"):
+                value = event.get(name)
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and value:
+                    self.rates.setdefault(name, deque(maxlen=MAX_VALUES)).append(float(value))
+        elif event["event"] in ("val_end", "done"):
+            self.events.append(_Seen(event, t))
+
+    def _drain(self) -> None:
+        """After the process is gone: what it wrote last. A file that ran ahead of the reader by more than
+        ``FINISH_BYTES`` is read from that far before its end (the end says how the run finished; the middle is
+        given up, and counted)."""
+        for lines in (self._jsonl, self._log):
+            if lines is not None:
+                lines.jump_to_tail(FINISH_BYTES)
+        for _ in range(FINISH_BYTES // CHUNK_BYTES + 1):
+            self.poll(None)
+            if not self._jsonl.more and (self._log is None or not self._log.more):
+                break
 
     def _when(self, event: dict, seen_t: Optional[float], end_t: float) -> tuple[Optional[float], str]:
         stamp = event.get("time")
@@ -123,7 +198,7 @@ class LiveMetrics:
     def finish(self, timeline: list[tuple[float, int, Optional[int], Optional[int]]], end_t: float) -> Metrics:
         """The probe's metrics; ``timeline`` rows are (t, tree rss, cgroup bytes, working set), one per sample;
         ``end_t`` is when the main process was reaped, on the same clock."""
-        self.poll(None)
+        self._drain()
         times = [row[0] for row in timeline]
 
         def memory(t: Optional[float], source: str) -> tuple[Optional[int], Optional[int], Optional[int]]:
@@ -136,25 +211,24 @@ class LiveMetrics:
             i = (bisect.bisect_right(times, t + 1e-9) if source == "trainer" else bisect.bisect_left(times, t)) - 1
             return timeline[i][1:4] if i >= 0 else (None, None, None)
 
-        if self.events:
+        if self.events or self.rates or self.last_step is not None:
             return self._from_events(memory, end_t)
         if not self.found:
             return Metrics()
         points = []
-        for k, (value, seen_t) in enumerate(self.found.get("val_loss", []), start=1):
+        for value, seen_t, k in self.found.get("val_loss", []):
             rss, cg, ws = memory(seen_t, "seen")
             points.append(ValPoint(step=k * (self.check_interval or 1), time=seen_t,
                                    time_source="seen" if seen_t is not None else "none", val_loss=value,
                                    rss_bytes=rss, cgroup_bytes=cg, working_set_bytes=ws))
-        return Metrics(source="regex", step_per_s=_rate([v for v, _ in self.found.get("step_per_s", [])]),
-                       samples_per_s=_rate([v for v, _ in self.found.get("samples_per_s", [])]),
+        return Metrics(source="regex", step_per_s=_rate([v for v, _, _ in self.found.get("step_per_s", [])]),
+                       samples_per_s=_rate([v for v, _, _ in self.found.get("samples_per_s", [])]),
                        val_loss=points[-1].val_loss if points else None, val_points=points,
-                       last_step=points[-1].step if points else None)
+                       last_step=points[-1].step if points else None, skipped_lines=self.skipped,
+                       unread_bytes=self.unread)
 
     def _from_events(self, memory, end_t: float) -> Metrics:
-        events = [s.payload for s in self.events]
-        train = [e for e in events if e["event"] == "train"]
-        done = [e for e in events if e["event"] == "done"]
+        done = [s.payload for s in self.events if s.payload["event"] == "done"]
         points = []
         for seen in self.events:
             e = seen.payload
@@ -164,13 +238,16 @@ class LiveMetrics:
             rss, cg, ws = memory(t, source)
             step = e.get("step")
             step = step if isinstance(step, int) else (len(points) + 1) * (self.check_interval or 1)
+            val_loss = e.get("val_loss")
             points.append(ValPoint(step=step, time=None if t is None else round(t, 3), time_source=source,
-                                   val_loss=e.get("val_loss"), rss_bytes=rss, cgroup_bytes=cg,
-                                   working_set_bytes=ws))
-        steps = [int(e["step"]) for e in events if isinstance(e.get("step"), int)]
+                                   val_loss=val_loss if isinstance(val_loss, (int, float)) else None,
+                                   rss_bytes=rss, cgroup_bytes=cg, working_set_bytes=ws))
+        artifact = done[-1].get("artifact") if done else None
         return Metrics(
-            source="jsonl", last_step=max(steps) if steps else (points[-1].step if points else None),
-            step_per_s=_rate([float(e["step_per_s"]) for e in train if e.get("step_per_s")]),
-            samples_per_s=_rate([float(e["samples_per_s"]) for e in train if e.get("samples_per_s")]),
+            source="jsonl", last_step=self.last_step if self.last_step is not None else
+            (points[-1].step if points else None),
+            step_per_s=_rate(list(self.rates.get("step_per_s", []))),
+            samples_per_s=_rate(list(self.rates.get("samples_per_s", []))),
             val_loss=points[-1].val_loss if points else None, val_points=points,
-            artifact=done[-1].get("artifact") if done else None)
+            artifact=artifact if isinstance(artifact, str) else None, skipped_lines=self.skipped,
+            unread_bytes=self.unread)

@@ -23,8 +23,10 @@ from pydantic import ValidationError
 from hlrp_ladder.probe.folder import LOG, REQUEST, RUNNER, STATUS, PeakTracker, ProbeFolder, Sample
 from hlrp_ladder.probe.runner import run_probe
 from hlrp_ladder.records import ProbeRequest
-from hlrp_ladder.util.files import write_json
+from hlrp_ladder.util.files import DiskFull, write_json
 from hlrp_ladder.util.signals import StopFlag
+
+EXIT_NO_SPACE = 75   # EX_TEMPFAIL: the disk was full; the same probe can run again once there is room
 
 
 def _load_env(folder: ProbeFolder) -> None:
@@ -83,12 +85,16 @@ def main(argv: list[str]) -> int:
         print(f"hlrp-ladder probe: {folder.file(REQUEST)}: cannot read the request ({first})", file=sys.stderr)
         return 2
     me = psutil.Process()
-    write_json(folder.file(RUNNER), {"pid": me.pid, "create_time": me.create_time(), "host": platform.node(),
-                                     "started_at": time.time(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-                                     "tmux_session": _tmux_session(), "python": sys.executable})
-    print(f"hlrp-ladder probe runner {me.pid} on {platform.node()}: bs={request.batch_size} {request.phase}, "
-          f"log {folder.file(LOG)}", flush=True)
-    with StopFlag((signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) as stop:
-        rec = run_probe(request, Heartbeat(folder.path, request.heartbeat_s), stop)
+    try:
+        write_json(folder.file(RUNNER), {"pid": me.pid, "create_time": me.create_time(), "host": platform.node(),
+                                         "started_at": time.time(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                                         "tmux_session": _tmux_session(), "python": sys.executable})
+        print(f"hlrp-ladder probe runner {me.pid} on {platform.node()}: bs={request.batch_size} {request.phase}, "
+              f"log {folder.file(LOG)}", flush=True)
+        with StopFlag((signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) as stop:
+            rec = run_probe(request, Heartbeat(folder.path, request.heartbeat_s), stop)
+    except DiskFull as exc:  # the probe's tree is already stopped; its executor records what it can
+        print(f"hlrp-ladder probe: {exc}; the probe was stopped", file=sys.stderr, flush=True)
+        return EXIT_NO_SPACE
     print(f"ended: bs={rec.batch_size} {rec.phase} {rec.outcome.value} — {rec.evidence.detail}", flush=True)
     return 0

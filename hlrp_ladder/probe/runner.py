@@ -21,12 +21,12 @@ from hlrp_ladder.probe import cgroup as cgroups
 from hlrp_ladder.probe.folder import (ARGV, CSV_HEADER, LOG, MEMORY, METRICS, RESULT, RUNNING, PeakTracker, ProbeFolder,
                                       Sample)
 from hlrp_ladder.probe.kernel_log import KernelLog
-from hlrp_ladder.probe.metrics import LiveMetrics, read_tail
+from hlrp_ladder.probe.metrics import LiveMetrics
 from hlrp_ladder.probe.outcome import classify
 from hlrp_ladder.probe.process import signal_tree, spawn, still_running
 from hlrp_ladder.probe.sampler import TreeSampler
 from hlrp_ladder.records import MARKER_ENV, METRICS_ENV, Limits, Peaks, ProbeRecord, ProbeRequest
-from hlrp_ladder.util.files import write_json
+from hlrp_ladder.util.files import DiskFull, no_space, read_tail, write_json
 from hlrp_ladder.util.masking import MASK, mask, mask_argv
 
 CSV_FLUSH_S = 0.5
@@ -162,7 +162,8 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
     status = exited_at = None
     flushed_at = 0.0
     next_tick = time.monotonic()
-    with open(folder / MEMORY, "w", buffering=1 << 16) as csv:
+    csv = open(folder / MEMORY, "w", buffering=1 << 16)
+    try:
         csv.write(CSV_HEADER)
         while True:
             pid, wait_status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -194,6 +195,22 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
             fast = stopper.reason is not None and stopper.kill_at is None
             next_tick += min(request.interval_s, 0.01) if fast else request.interval_s
             time.sleep(max(0.0, next_tick - time.monotonic()))
+    except OSError as exc:
+        if not no_space(exc):
+            raise
+        # A full disk: no timeline, no heartbeat, no record can be kept. Stop the tree now (a probe nobody can
+        # watch must not run on) and say so; the run is resumed once there is room.
+        kill(signal.SIGKILL)
+        _reap(proc.pid)
+        sampler.close()
+        if kernel_log is not None:
+            kernel_log.close()
+        raise exc if isinstance(exc, DiskFull) else DiskFull(folder / MEMORY, exc) from None
+    finally:
+        try:
+            csv.close()
+        except OSError:  # the buffer's last rows on a full disk: what was written stays
+            pass
     sampler.close()
     # The main process is gone; nothing it started may live on.
     leftovers = len({p.pid for p in still_running(sampler.known.values())} | set(cg.pids() if cg else []))
@@ -213,6 +230,13 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
                                          leftovers, victims, proc.pid))
 
 
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
 def _finish(request: ProbeRequest, live: LiveMetrics, end: Ending) -> ProbeRecord:
     folder = ProbeFolder(request.folder)
     outcome, evidence = classify(end.status, end.stop_reason, end.oom_before, end.oom_after, end.oom_counter,
@@ -224,13 +248,19 @@ def _finish(request: ProbeRequest, live: LiveMetrics, end: Ending) -> ProbeRecor
                             f"it ended by {evidence.signal}"))
     if end.leftovers:
         evidence.detail += f"; killed {end.leftovers} process(es) it left running"
+    metrics = live.finish(end.timeline, end.end_t)
+    if metrics.skipped_lines:
+        evidence.detail += f"; skipped {metrics.skipped_lines} line(s) of its output over 1 MiB"
+    if metrics.unread_bytes:
+        evidence.detail += (f"; {metrics.unread_bytes / 2**20:.0f} MiB of its output ran too far ahead to be read for "
+                            f"metrics (its end was read)")
     record = ProbeRecord(
         batch_size=request.batch_size, phase=request.phase, repeat=request.repeat, retry=request.retry,
         variant=request.variant, attempt=request.attempt, folder=folder.name,
         outcome=outcome, evidence=evidence, peaks=end.peaks,
         limits=Limits(metric=request.metric, rss_limit_bytes=request.rss_limit_bytes, cap_bytes=request.cap_bytes,
                       cgroup=str(end.cgroup) if end.cgroup else None, cgroup_note=end.cgroup_note),
-        metrics=live.finish(end.timeline, end.end_t), started_at=end.started_at, ended_at=end.exited_at,
+        metrics=metrics, started_at=end.started_at, ended_at=end.exited_at,
         argv=mask_argv(request.argv))
     folder.write_record_once(record)
     folder.file(RUNNING).unlink(missing_ok=True)

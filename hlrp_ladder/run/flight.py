@@ -77,6 +77,16 @@ class Flight:
             if sample is not None:
                 self.view.on_sample(slot.request, sample)
 
+    def abandon(self, wait_s: float = 15.0) -> None:
+        """A full disk: cancel every probe and wait (a while) for each to end, collecting nothing (no record can
+        be written; a resume runs them again)."""
+        for slot in self.slots_in_use:
+            slot.handle.cancel()
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and any(s.handle.state() != "ended" for s in self.slots_in_use):
+            time.sleep(POLL_S)
+        self.slots_in_use.clear()
+
     def stop(self, collect: Callable[[InFlight, ProbeRecord], ProbeRecord]) -> None:
         """Ctrl-C: cancel every probe, wait for their records; one that cannot be confirmed is recorded so."""
         for slot in self.slots_in_use:

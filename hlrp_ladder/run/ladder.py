@@ -10,7 +10,7 @@ from hlrp_ladder import executors
 from hlrp_ladder.records import Outcome, Phase, ProbeRecord, ProbeRequest
 from hlrp_ladder.run.flight import Flight, InFlight
 from hlrp_ladder.run.live import LiveView
-from hlrp_ladder.run.session import RunResult, drive, interrupted, open_run, probe_request
+from hlrp_ladder.run.session import RunResult, drive, interrupted, no_space, open_run, probe_request
 from hlrp_ladder.run.store import RunStore, probe_folder_name
 from hlrp_ladder.search import forecast
 from hlrp_ladder.search.schedule import schedule
@@ -19,6 +19,7 @@ from hlrp_ladder.search.verdict import verdict as judge
 from hlrp_ladder.search.words import probe_clause
 from hlrp_ladder.spec.model import Spec
 from hlrp_ladder.spec.sections import Recipe
+from hlrp_ladder.util.files import DiskFull
 from hlrp_ladder.util.signals import StopFlag
 
 WARMUP = "warmup"
@@ -130,12 +131,15 @@ def _run(spec: Spec, executor: executors.Executor, view: LiveView, resume: Optio
         for rung, index in zip(now.start, flight.free()):
             flight.submit(rung, index, rung_request(spec, plan, store, rung, flight.cores_of(index)))
 
-    with StopFlag() as stop:
-        if spec.warmup and resume is None:
-            run_warmup(spec, plan, store, flight, view, stop)
-        if stop() or drive(flight, stop, collect, step):
-            return interrupted(store, command_line, records)
-    found = judge(plan, records)
-    store.write_state(status="inconclusive" if found.inconclusive else "done", pick=found.pick,
-                      reason=found.reason, exit_code=found.exit_code, confirmed_by=found.confirmed_by)
+    try:
+        with StopFlag() as stop:
+            if spec.warmup and resume is None:
+                run_warmup(spec, plan, store, flight, view, stop)
+            if stop() or drive(flight, stop, collect, step):
+                return interrupted(store, command_line, records)
+        found = judge(plan, records)
+        store.write_state(status="inconclusive" if found.inconclusive else "done", pick=found.pick,
+                          reason=found.reason, exit_code=found.exit_code, confirmed_by=found.confirmed_by)
+    except DiskFull as exc:
+        raise no_space(store, command_line, exc) from None
     return RunResult(store, found, records)

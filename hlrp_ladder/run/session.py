@@ -19,9 +19,10 @@ from hlrp_ladder.run.flight import POLL_S, Flight, InFlight
 from hlrp_ladder.run.live import LiveView
 from hlrp_ladder.run.store import RunStore, StoreError
 from hlrp_ladder.search import plan as plans
-from hlrp_ladder.search.state import EXIT_INTERRUPTED, Plan, Verdict
+from hlrp_ladder.search.state import EXIT_INTERRUPTED, EXIT_NO_SPACE, Plan, Verdict
 from hlrp_ladder.spec.model import Spec
 from hlrp_ladder.util import sizes
+from hlrp_ladder.util.files import DiskFull
 from hlrp_ladder.util.signals import StopFlag
 from hlrp_ladder.util.sizes import gib
 
@@ -123,15 +124,33 @@ def probe_request(spec: Spec, plan: Plan, store: RunStore, folder: str, *, batch
 def drive(flight: Flight, stop: StopFlag, collect: Collect, step: Callable[[], None]) -> bool:
     """The loop every run turns: hand finished probes to ``collect``, let ``step`` submit (and cancel) what it
     wants, until nothing is in flight; never waiting on one probe. On Ctrl-C every probe is cancelled and its
-    record collected; True then."""
-    while not stop():
-        flight.poll(collect)
-        step()
-        if not flight:
-            return False
-        time.sleep(POLL_S)
-    flight.stop(collect)
-    return True
+    record collected; True then. On a full disk every probe is cancelled (nothing can be recorded) and
+    :class:`DiskFull` goes on up."""
+    try:
+        while not stop():
+            flight.poll(collect)
+            step()
+            if not flight:
+                return False
+            time.sleep(POLL_S)
+        flight.stop(collect)
+        return True
+    except DiskFull:
+        flight.abandon()
+        raise
+
+
+def no_space(store: RunStore, command_line: list[str], exc: DiskFull, verb: str = "run") -> DiskFull:
+    """A run stopped by a full disk: its probes were stopped; its state says interrupted (written in place if
+    need be); the error to show says what happened and how to go on."""
+    spec_arg = command_line[2] if len(command_line) > 2 else "SPEC"
+    resume = f"free space, then resume with: hlrp-ladder {verb} {spec_arg} --resume {store.root}"
+    try:
+        store.mark_stopped("interrupted", f"interrupted: {exc}; {resume}", EXIT_NO_SPACE)
+    except OSError:
+        pass  # not even in place: the resume treats it as an orchestrator that died
+    exc.strerror = f"{exc}; the run is interrupted, nothing recorded is lost; {resume}"
+    return exc
 
 
 def interrupted(store: RunStore, command_line: list[str], records: list[ProbeRecord], verb: str = "run") -> RunResult:

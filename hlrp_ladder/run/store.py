@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from hlrp_ladder.records import SEARCH_PHASES, Outcome, Phase, ProbeRecord
 from hlrp_ladder.search.state import Plan
 from hlrp_ladder.spec.loader import load_yaml
 from hlrp_ladder.spec.model import Spec
-from hlrp_ladder.util.files import atomic_write, write_json
+from hlrp_ladder.util.files import DiskFull, atomic_write, overwrite_in_place, write_json
 
 STATE, SPEC_SNAPSHOT = "ladder.json", "spec.yaml"
 
@@ -71,10 +72,14 @@ class RunStore:
             except OSError as exc:
                 raise StoreError(f"runs_dir: cannot create {root} ({exc.strerror})") from None
         store = RunStore(root)
-        atomic_write(root / SPEC_SNAPSHOT, yaml.safe_dump(spec.masked(), sort_keys=False))
-        store.write_state(name=spec.name, run_id=root.name, kind=kind,
-                          fingerprint=fingerprint or spec.fingerprint(), status="running",
-                          command=command_line, created=time.time(), plan=plan, host=host)
+        try:
+            atomic_write(root / SPEC_SNAPSHOT, yaml.safe_dump(spec.masked(), sort_keys=False))
+            store.write_state(name=spec.name, run_id=root.name, kind=kind,
+                              fingerprint=fingerprint or spec.fingerprint(), status="running",
+                              command=command_line, created=time.time(), plan=plan, host=host)
+        except DiskFull:
+            shutil.rmtree(root, ignore_errors=True)  # no half-made run folder is left behind
+            raise
         return store
 
     @property
@@ -124,6 +129,17 @@ class RunStore:
                 current = {}
         current.update(fields, updated=time.time())
         write_json(path, current)
+
+    def mark_stopped(self, status: str, reason: str, exit_code: int) -> None:
+        """The run's last word (interrupted, say), written even on a full disk: rewritten in place when no new
+        file can be made."""
+        try:
+            self.write_state(status=status, reason=reason, exit_code=exit_code)
+        except DiskFull:
+            path = self.root / STATE
+            current = json.loads(path.read_text())
+            current.update(status=status, reason=reason, exit_code=exit_code, updated=time.time())
+            overwrite_in_place(path, json.dumps(current, indent=2, default=str) + "\n")
 
     def snapshot(self) -> Spec:
         """The spec as the run saved it (secrets masked)."""

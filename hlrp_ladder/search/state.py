@@ -7,7 +7,8 @@ from typing import Iterable, Optional
 
 from hlrp_ladder.records import SEARCH_PHASES, Outcome, Phase, ProbeRecord
 
-EXIT_PICK, EXIT_USAGE, EXIT_NO_STABLE, EXIT_BLOCKED, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED = 0, 2, 3, 4, 5, 130
+EXIT_PICK, EXIT_USAGE, EXIT_NO_STABLE, EXIT_BLOCKED, EXIT_INCONCLUSIVE, EXIT_NO_SPACE, EXIT_INTERRUPTED = \
+    0, 2, 3, 4, 5, 6, 130
 
 
 @dataclass(frozen=True)

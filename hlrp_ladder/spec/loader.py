@@ -1,5 +1,11 @@
 """Reading a spec file: YAML (1.1, without base-60 numbers) into a :class:`Spec`, every error one line
-``file:line: key: why``."""
+``file:line: key: why``.
+
+Whatever the file holds, reading it stays small: a file over ``MAX_SPEC_BYTES`` is refused unread, YAML nested
+deeper than Python's stack is refused, and aliases may expand to at most ``MAX_NODES`` values (counted on the
+composed graph, where an alias is a shared node, before anything walks the expanded document: nine levels of
+``&a [*a, *a, ...]`` in 2 KiB expand to billions).
+"""
 from __future__ import annotations
 
 import os
@@ -10,6 +16,10 @@ import yaml
 from pydantic import ValidationError
 
 from hlrp_ladder.spec.model import Spec
+
+
+MAX_SPEC_BYTES = 1 << 20    # a spec is a page of YAML; a larger file is a mistake (a log, a dataset)
+MAX_NODES = 100_000         # values in the document with every alias expanded
 
 
 class SpecError(ValueError):
@@ -72,23 +82,56 @@ def _message(err: dict) -> str:
         return "unknown key"
     if err["type"] == "missing":
         return "required key is missing"
-    return f"{msg} (got {err.get('input')!r})"
+    shown = repr(err.get("input"))
+    return f"{msg} (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
 
 
 def _loc_text(loc: tuple) -> str:
     return ".".join(str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
 
 
+def _expanded_size(root: yaml.Node) -> int:
+    """How many values the document has with every alias expanded, counted without expanding (each node once,
+    its size memoised; iterative, so a deep document cannot exhaust the stack). Stops counting past
+    ``MAX_NODES``."""
+    size: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if id(node) in size:
+            continue
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
+            list(node.value) if isinstance(node, yaml.SequenceNode) else []
+        if not done:
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if id(child) not in size)
+            continue
+        size[id(node)] = min(MAX_NODES + 1, 1 + sum(size.get(id(child), 0) for child in children))
+    return size[id(root)]
+
+
+def _first_alias_line(text: str) -> int:
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.AliasEvent):
+            return event.start_mark.line + 1
+    return 1
+
+
 def parse_spec(text: str, source: str) -> Spec:
     """Validate a spec from YAML text; ``source`` names it in errors."""
     try:
         node = yaml.compose(text, Loader=_Loader)
+        if node is not None and _expanded_size(node) > MAX_NODES:
+            raise SpecError(f"{source}:{_first_alias_line(text)}: its YAML aliases expand to more than "
+                            f"{MAX_NODES:,} values (an alias of an alias of ...); write the values out instead")
         data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError(f"{source}{line}: not valid YAML: {problem}") from None
+    except RecursionError:
+        raise SpecError(f"{source}: not valid YAML for a spec: nested too deeply") from None
     if not isinstance(data, dict):
         raise SpecError(f"{source}:1: a spec is a mapping of keys (name, batch_sizes, ...)")
     try:
@@ -99,14 +142,27 @@ def parse_spec(text: str, source: str) -> Spec:
         line = _locate(err["loc"], lines, key_line=err["type"] in ("extra_forbidden", "missing"))
         key = _loc_text(err["loc"]) or "spec"
         raise SpecError(f"{source}:{line}: {key}: {_message(err)}") from None
+    except RecursionError:
+        raise SpecError(f"{source}: nested too deeply for a spec") from None
 
 
 def load_spec(path: str | os.PathLike) -> Spec:
+    """The spec in a file: read only if it is at most ``MAX_SPEC_BYTES`` (a FIFO or a device too: never more
+    than that is read), UTF-8, and valid; else one line naming the file."""
     p = Path(path)
     try:
-        text = p.read_text()
+        with open(p, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            data = handle.read(MAX_SPEC_BYTES + 1) if size <= MAX_SPEC_BYTES else b""
     except FileNotFoundError:
         raise SpecError(f"{p}: no such file") from None
     except OSError as exc:
         raise SpecError(f"{p}: cannot read ({exc.strerror})") from None
+    if size > MAX_SPEC_BYTES or len(data) > MAX_SPEC_BYTES:
+        what = f"{size / 2**20:.1f} MiB" if size > MAX_SPEC_BYTES else "more than 1 MiB"
+        raise SpecError(f"{p}: {what}, over the 1 MiB a spec may be (is this the spec?)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{p}: not UTF-8 text (byte {exc.start})") from None
     return parse_spec(text, str(p))

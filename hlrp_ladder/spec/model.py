@@ -16,12 +16,25 @@ from hlrp_ladder.spec.sections import (CompareSpec, ExecutorSpec, ForecastConfig
 from hlrp_ladder.util.masking import MASK, mask
 
 
+MAX_RUNGS = 1000   # a grid larger than this is a typo (an extra zero), and the policy walks the grid often
+
+
+def _too_many(count: int) -> str:
+    return (f"{count:,} rungs, more than the {MAX_RUNGS:,} a ladder may have: use a coarser step (refine: bisect "
+            f"or model then probes only a handful of them)")
+
+
 def _expand_batch_sizes(value: Any) -> Any:
     if isinstance(value, dict):
         rng = Range.model_validate(value)
         if rng.stop < rng.start:
             raise ValueError(f"stop ({rng.stop}) is below start ({rng.start})")
+        count = (rng.stop - rng.start) // rng.step + 1  # counted before anything is expanded
+        if count > MAX_RUNGS:
+            raise ValueError(_too_many(count))
         return list(range(rng.start, rng.stop + 1, rng.step))
+    if isinstance(value, list) and len(value) > MAX_RUNGS:
+        raise ValueError(_too_many(len(value)))
     return value
 
 
@@ -54,7 +67,7 @@ class Spec(_Strict):
                             "failure; model: the first two rungs, then where a line through the peaks puts the "
                             "limit (bisection when the line does not fit)")
     granularity: PositiveInt = Field(4, description="bisect until the first failure is this close to the last ok")
-    repeats: PositiveInt = Field(1, description="one-val probes of a candidate before it can be picked "
+    repeats: PositiveInt = Field(1, le=20, description="one-val probes of a candidate before it can be picked "
                                  "(max peak over them must fit)")
     retries: int = Field(1, ge=0, le=5, description="runs again of a probe that ended inconclusive (error, timeout: "
                          "not a memory verdict), each in its own folder, before the run ends inconclusive")

@@ -180,13 +180,14 @@ class CompareSpec(_Strict):
     check_interval: PositiveInt = 400
     limit_batches: Optional[PositiveInt] = Field(None, description="null leaves the trainer's default (a variant "
                                                  "may set it)")
-    repeats: PositiveInt = Field(2, description="runs per variant; the noise band of every delta comes from them")
+    repeats: PositiveInt = Field(2, le=100, description="runs per variant; the noise band of every delta comes from "
+                                 "them")
     warmup: bool = Field(True, description="one short run of the first variant before the matrix, not counted: "
                          "the first runs on a cold page cache are charged the libraries and data they read in "
                          "(measured: ~130 MiB more on the bundled trainer), which would pose as a variant's cost")
     timeout_s: Optional[float] = Field(None, gt=0, description="per run (default: timeout_s scaled by max_steps)")
     variants: dict[Annotated[str, Field(pattern=VARIANT_NAME)], dict[str, Scalar]] = Field(
-        ..., min_length=1, description="name -> overrides (key: value; 'env.NAME: value' sets an environment "
+        ..., min_length=1, max_length=100, description="name -> overrides (key: value; 'env.NAME: value' sets an environment "
                                        "variable)")
     pairs: Optional[list[Pair]] = Field(None, description="default: every variant against the first, about what "
                                         "differs")

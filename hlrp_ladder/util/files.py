@@ -1,10 +1,42 @@
 """Files written whole or not at all (temp file + rename), readable by the team as the umask allows."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(OSError):
+    """A write failed for want of space (ENOSPC, or a quota): ``str()`` is one line naming the path and the free
+    space on its filesystem."""
+
+    def __init__(self, path: Path, cause: OSError):
+        super().__init__(cause.errno, f"no space left writing {path} ({free_text(path)} free on its filesystem)")
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def free_text(path: Path) -> str:
+    """The free space on ``path``'s filesystem (its nearest existing parent's), for a person."""
+    here = Path(path)
+    while not here.exists() and here.parent != here:
+        here = here.parent
+    try:
+        free = shutil.disk_usage(here).free
+    except OSError:
+        return "unknown"
+    return f"{free / 2**20:.1f} MiB" if free < 2**30 else f"{free / 2**30:.1f} GiB"
+
+
+def no_space(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in NO_SPACE
 
 def umask() -> int:
     """The process umask, read without changing it (``os.umask`` can only be read by setting it)."""
@@ -21,9 +53,15 @@ def umask() -> int:
 
 def atomic_write(path: Path, text: str, private: bool = False) -> None:
     """Write ``path`` whole or not at all. Readable by the team as the umask allows, like any file the user
-    makes (``mkstemp`` alone would leave it 0600); ``private`` keeps it to the owner (a file with a secret)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    makes (``mkstemp`` alone would leave it 0600); ``private`` keeps it to the owner (a file with a secret).
+    A full disk raises :class:`DiskFull`, the old file left as it was."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        if no_space(exc):
+            raise DiskFull(path, exc) from None
+        raise
     try:
         os.fchmod(fd, 0o600 if private else 0o666 & ~umask())
         with os.fdopen(fd, "w") as handle:
@@ -31,9 +69,22 @@ def atomic_write(path: Path, text: str, private: bool = False) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if no_space(exc):
+            raise DiskFull(path, exc) from None
         raise
+
+
+def overwrite_in_place(path: Path, text: str) -> None:
+    """Rewrite an existing small file in its own blocks, for when a full disk leaves no room for a new one (the
+    run's state must still say how it ended). Not atomic: only for a last word."""
+    data = text.encode()
+    with open(path, "r+b") as handle:
+        handle.write(data)
+        handle.truncate(len(data))
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_json(path: Path, data) -> None:
@@ -62,3 +113,16 @@ def write_report(out_dir: Path, title: str, fmt: str, render: dict) -> Path:
     path = out_dir / f"{title}.{fmt}"
     atomic_write(path, render[fmt]())
     return path
+
+
+def read_tail(path: Path, limit: int = 4 << 20) -> list[str]:
+    """The last ``limit`` bytes of a file as lines (a log can be gigabytes: never more is read); [] when it
+    cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - limit))
+            return handle.read(limit).decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []

@@ -1,4 +1,5 @@
-"""Hand-written probe records for the pure policy tests."""
+"""Hand-written probe records for the pure tests (policy, schedule, forecast, SLURM states); named apart from
+the package's hlrp_ladder/records.py, whose ProbeRecord they build."""
 from hlrp_ladder.records import Evidence, Limits, Metrics, Outcome, Peaks, ProbeRecord, ValPoint
 
 GIB = 2**30
