@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from hlrp_ladder.records import ProbeRequest  # noqa: E402
 from hlrp_ladder.probe.runner import run_probe  # noqa: E402
-from hlrp_ladder.probe import cgroup as cgroups  # noqa: E402
+from hlrp_ladder.probe.cgroup import discovery as cgroup_discovery  # noqa: E402
 
 MEMHOG = ROOT / "tests" / "fixtures" / "memhog.py"
 MIB = 2**20
@@ -87,9 +87,9 @@ def monitor_cost(tmp: Path, seconds: float, with_cgroup: bool) -> dict:
         if sample.n_procs == 16:
             marks.append((len(marks), time.monotonic(), _cpu()))
 
-    original = cgroups.mounts
+    original = cgroup_discovery.mounts
     if not with_cgroup:
-        cgroups.mounts = lambda: (None, None)
+        cgroup_discovery.mounts = lambda: (None, None)
     try:
         cpu0, wall0 = _cpu(), time.monotonic()
         rec = probe(tmp, f"cost-{'cg' if with_cgroup else 'nocg'}",
@@ -97,7 +97,7 @@ def monitor_cost(tmp: Path, seconds: float, with_cgroup: bool) -> dict:
                      "step_s=1"], on_sample=on_sample)
         cpu_all, wall_all = _cpu() - cpu0, time.monotonic() - wall0
     finally:
-        cgroups.mounts = original
+        cgroup_discovery.mounts = original
     (_, w1, c1), (_, w2, c2) = marks[10], marks[-1]
     steady = (c2 - c1) / (w2 - w1)
     return {"procs": rec.peaks.max_procs, "samples": len(marks) - 10, "steady_wall_s": round(w2 - w1, 2),

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from hlrp_ladder import executors, overnight, preflight
 from hlrp_ladder import report as ladder_report
-from hlrp_ladder import search as policy
+from hlrp_ladder import search
 from hlrp_ladder.compare import report as compare_report
 from hlrp_ladder.compare.matrix import summary_lines as compare_lines
 from hlrp_ladder.compare.runner import run_compare
@@ -24,7 +24,7 @@ from hlrp_ladder.run.live import LiveView
 from hlrp_ladder.run.store import RunStore, StoreError
 from hlrp_ladder.spec import Spec, SpecError, load_spec, load_yaml, masked_keys, parse_spec
 from hlrp_ladder.spec.summary import summary_lines
-from hlrp_ladder.util.files import DiskFull
+from hlrp_ladder.util.files import as_disk_full, no_space
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find the largest batch size a training run survives in host RAM, before the long run.")
@@ -40,10 +40,12 @@ def user_errors(func):
             return func(*args, **kwargs)
         except (SpecError, StoreError) as exc:
             err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(policy.EXIT_USAGE) from None
-        except DiskFull as exc:  # anywhere: one line naming the path and the free space, never a traceback
-            err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(policy.EXIT_NO_SPACE) from None
+            raise typer.Exit(search.EXIT_USAGE) from None
+        except OSError as exc:  # a full disk anywhere: one line naming the path and the free space, no traceback
+            if not no_space(exc):
+                raise
+            err.print(f"error: {as_disk_full(exc)}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(search.EXIT_NO_SPACE) from None
     return wrapper
 
 
@@ -69,7 +71,7 @@ def _preflight(spec: Spec, spec_path: Path, skip: bool, variants: bool = False) 
         err.print(f"preflight: {len(blockers)} blocker(s) found in {time.monotonic() - start:.1f} s; nothing was "
                   f"started (hlrp-ladder preflight {spec_path} shows every check; --skip-preflight to override)",
                   highlight=False)
-        raise typer.Exit(policy.EXIT_BLOCKED)
+        raise typer.Exit(search.EXIT_BLOCKED)
     err.print(f"preflight: {sum(f.status == 'ok' for f in findings)} checks ok, {len(problems)} warning(s), "
               f"{time.monotonic() - start:.1f} s", highlight=False)
 
@@ -103,10 +105,10 @@ def run(spec_path: Path = typer.Argument(..., metavar="SPEC", help="ladder spec 
     hlrp-ladder run SPEC --resume [RUN] continues a run that was interrupted or killed."""
     result = _start(run_ladder, spec_path, run_ref, resume, skip_preflight)
     verdict = result.verdict
-    if verdict.exit_code == policy.EXIT_PICK:
+    if verdict.exit_code == search.EXIT_PICK:
         out.print(f"[bold green]pick: bs={verdict.pick}[/] — {verdict.reason}", highlight=False)
     else:
-        label = {policy.EXIT_NO_STABLE: "no pick", policy.EXIT_INCONCLUSIVE: "inconclusive"}.get(verdict.exit_code,
+        label = {search.EXIT_NO_STABLE: "no pick", search.EXIT_INCONCLUSIVE: "inconclusive"}.get(verdict.exit_code,
                                                                                               "stopped")
         err.print(f"[bold red]{label}[/] — {verdict.reason}", highlight=False)
     out.print(f"run: {result.store.root}  (report: hlrp-ladder report {result.store.root})", highlight=False)
@@ -155,7 +157,7 @@ def preflight_cmd(spec_path: Path = typer.Argument(..., metavar="SPEC"),
         out.print(f"{'BLOCKED' if blockers else 'ready'}: {blockers} blocker(s), "
                   f"{sum(f.status == 'warn' for f in findings)} warning(s), {time.monotonic() - start:.1f} s",
                   highlight=False)
-    raise typer.Exit(policy.EXIT_BLOCKED if blockers else 0)
+    raise typer.Exit(search.EXIT_BLOCKED if blockers else 0)
 
 
 @app.command()
@@ -231,7 +233,7 @@ def launch_overnight(run: Optional[str] = typer.Argument(None, help="the ladder 
         return
     overnight.refuse_if_live(store, force)
     _preflight(spec, spec_path or store.root / "spec.yaml", skip_preflight)
-    started = overnight.launch(store, executor, launch, force)
+    started = overnight.start(store, executor, launch, force)
     out.print(f"started: {started}; watch: {launch.watch}; hlrp-ladder status {store.root}", highlight=False,
               markup=False)
 
@@ -247,7 +249,7 @@ def status(run: Optional[str] = typer.Argument(None, help="the ladder run (defau
         spec = load_spec(spec_path)
         runs_dir = Path(spec.runs_dir)
     store = RunStore.find(runs_dir, run, spec.name if spec_path is not None else None, kind="ladder")
-    st = overnight.status(store)
+    st = overnight.status_of(store)
     if as_json:
         print(json.dumps(st, indent=2))
         return

@@ -24,7 +24,8 @@ from hlrp_ladder.run.store import RunStore
 from hlrp_ladder.search.state import Plan, Verdict, warmup_cap
 from hlrp_ladder.spec.loader import SpecError
 from hlrp_ladder.spec.model import Spec
-from hlrp_ladder.util.files import DiskFull
+from hlrp_ladder.util.files import as_disk_full
+from hlrp_ladder.util.files import no_space as full
 from hlrp_ladder.util.signals import StopFlag
 
 WARMUP = "warmup"
@@ -125,6 +126,8 @@ def _run(spec: Spec, executor: executors.Executor, view: LiveView, resume: Optio
         reason = (f"compare: {len(records)} runs of {len(cmp.variants)} variants at bs={bs}, {ok} ok; the "
                   f"pairs and their noise bands: hlrp-ladder report {store.root}")
         store.write_state(status="done", reason=reason, exit_code=0)
-    except DiskFull as exc:
-        raise no_space(store, command_line, exc, verb="compare") from None
+    except OSError as exc:
+        if not full(exc):
+            raise
+        raise no_space(store, command_line, as_disk_full(exc), verb="compare") from None
     return RunResult(store, Verdict(None, reason, 0, status="done"), records)

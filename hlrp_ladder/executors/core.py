@@ -49,7 +49,8 @@ class Executor(Protocol):
         ...
 
     def configure(self, facts: dict) -> None:
-        """Run probes as the facts a run stored say (where their cgroups go)."""
+        """Run probes as ``facts`` say (where their cgroups go): a new run's, as it stores them; on resume, the
+        machine's read afresh."""
         ...
 
     def session(self) -> ContextManager:

@@ -6,9 +6,9 @@ probe, so it writes a probe folder too:
       request.json  submitted.json  runner.json  status.json (a heartbeat)  argv.json  log.txt  memory.csv
       metrics.jsonl  result.json
 """
-from hlrp_ladder.overnight.control import folders, launch, live_runs, refuse_if_live, stop
+from hlrp_ladder.overnight.control import folders, live_runs, refuse_if_live, start, stop
 from hlrp_ladder.overnight.launch import Launch, LaunchError, launch_lines, plan_launch
-from hlrp_ladder.overnight.status import status, status_lines
+from hlrp_ladder.overnight.status import status_lines, status_of
 
-__all__ = ["Launch", "LaunchError", "launch_lines", "folders", "launch", "live_runs", "plan_launch",
-           "refuse_if_live", "status", "status_lines", "stop"]
+__all__ = ["Launch", "LaunchError", "folders", "launch_lines", "live_runs", "plan_launch", "refuse_if_live",
+           "start", "status_lines", "status_of", "stop"]

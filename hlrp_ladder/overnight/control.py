@@ -37,7 +37,7 @@ def refuse_if_live(store: RunStore, force: bool) -> None:
                           f"shows it, --force stops it and launches anew")
 
 
-def launch(store: RunStore, executor: Executor, launch: Launch, force: bool, wait_s: float = 15.0) -> str:
+def start(store: RunStore, executor: Executor, launch: Launch, force: bool, wait_s: float = 15.0) -> str:
     """Submit the long run detached (refusing, or with --force stopping, a live one); where it runs."""
     refuse_if_live(store, force)
     for folder, _ in live_runs(store):

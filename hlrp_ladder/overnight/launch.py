@@ -13,7 +13,7 @@ from hlrp_ladder.records import METRICS_ENV, Phase, ProbeRecord, ProbeRequest
 from hlrp_ladder.run.ladder import long_run_steps
 from hlrp_ladder.run.session import probe_request
 from hlrp_ladder.run.store import RunStore, StoreError
-from hlrp_ladder.search.verdict import verdict as judge
+from hlrp_ladder.search.decide import verdict as judge
 from hlrp_ladder.spec.model import Spec
 from hlrp_ladder.spec.sections import Recipe
 from hlrp_ladder.util.masking import mask, mask_argv
@@ -105,7 +105,8 @@ def plan_launch(spec: Spec, store: RunStore, executor: Executor, pick: str, forc
     req = probe_request(spec, plan, store, folder.name, batch_size=bs, phase=Phase.overnight,
                         argv=spec.argv(bs, recipe, extra=night.overrides), env={**spec.env, **night.env},
                         timeout_s=night.timeout_s, check_interval=night.check_interval,
-                        kill_grace_s=night.kill_grace_s, stop_grace_s=night.kill_grace_s, expected_s=expected)
+                        kill_grace_s=night.kill_grace_s, stop_grace_s=night.kill_grace_s, expected_s=expected,
+                        set_aside=False)  # a new folder; planning it (a dry run) must change nothing on disk
     name = night.tmux_session or safe_name(f"hlrp-{spec.name}-{store.root.name}-{folder.name}")
     starts, watch = executor.launch_words(name, req.folder)
     return Launch(bs, steps, req, name, starts, watch, f"{why}; {steps} steps from {how}")

@@ -17,7 +17,7 @@ from hlrp_ladder.util.files import read_tail
 from hlrp_ladder.util.sizes import gib
 
 
-def status(store: RunStore) -> dict:
+def status_of(store: RunStore) -> dict:
     """The latest long run of ``store`` as a dict (``status --json``)."""
     runs = folders(store)
     if not runs:

@@ -25,7 +25,6 @@ from typing import Optional
 
 from hlrp_ladder.records import Metrics, MetricsPatterns, ValPoint
 
-TAIL_BYTES = 4 << 20        # of the log, read at the end to classify how the probe ended
 CHUNK_BYTES = 4 << 20       # read from a growing file per poll
 MAX_LINE_BYTES = 1 << 20    # a longer line is skipped: no metric is a megabyte long
 FINISH_BYTES = 64 << 20     # read at most this much more once the process is gone: the file's end
@@ -170,7 +169,12 @@ class LiveMetrics:
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and value:
                     self.rates.setdefault(name, deque(maxlen=MAX_VALUES)).append(float(value))
         elif event["event"] in ("val_end", "done"):
-            self.events.append(_Seen(event, t))
+            # only what is read later: an event line may be up to a megabyte, and 10,000 of them are kept
+            keep = {k: event.get(k) for k in ("event", "step", "val_loss", "time")}
+            artifact = event.get("artifact")
+            if isinstance(artifact, str):
+                keep["artifact"] = artifact[:4096]
+            self.events.append(_Seen(keep, t))
 
     def _drain(self) -> None:
         """After the process is gone: what it wrote last. A file that ran ahead of the reader by more than

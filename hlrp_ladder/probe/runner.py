@@ -145,7 +145,6 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
                               0.0))
     pgid = proc.pid
     sampler = TreeSampler(proc.pid, cg, with_pss=request.metric == "pss")
-    write_json(folder / RUNNING, {**running, "pid": proc.pid, "pgid": pgid, "create_time": sampler.root.create_time()})
     live = LiveMetrics(folder / METRICS, folder / LOG, request.metrics_regex, sampler.start_wall,
                        request.check_interval)
     seen_pids: set[int] = {proc.pid}
@@ -162,8 +161,11 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
     status = exited_at = None
     flushed_at = 0.0
     next_tick = time.monotonic()
-    csv = open(folder / MEMORY, "w", buffering=1 << 16)
-    try:
+    csv = None
+    try:  # from the spawn on, a full disk stops the tree: a probe nobody can record must not run on
+        write_json(folder / RUNNING, {**running, "pid": proc.pid, "pgid": pgid,
+                                      "create_time": sampler.root.create_time()})
+        csv = open(folder / MEMORY, "w", buffering=1 << 16)
         csv.write(CSV_HEADER)
         while True:
             pid, wait_status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -208,7 +210,8 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
         raise exc if isinstance(exc, DiskFull) else DiskFull(folder / MEMORY, exc) from None
     finally:
         try:
-            csv.close()
+            if csv is not None:
+                csv.close()
         except OSError:  # the buffer's last rows on a full disk: what was written stays
             pass
     sampler.close()

@@ -3,6 +3,6 @@ model, the throughput knee), ``prose`` (the markdown) and ``write`` (md/json/csv
 ``compare.report``."""
 from hlrp_ladder.report.tables import rich_table
 from hlrp_ladder.report.view import RunView, load_run
-from hlrp_ladder.report.write import write
+from hlrp_ladder.report.output import write
 
 __all__ = ["RunView", "load_run", "rich_table", "write"]

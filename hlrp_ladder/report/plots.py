@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import pandas as pd
-
 from hlrp_ladder.probe.folder import MEMORY
 from hlrp_ladder.report.view import RunView
 from hlrp_ladder.search.forecast import point_bytes
@@ -15,8 +13,10 @@ from hlrp_ladder.util.sizes import GIB, gib
 
 def plot_memory(view: RunView, path: Path) -> Optional[Path]:
     """Every probe's sampled tree memory (solid), cgroup charge (dashed) and working set (dotted) over time,
-    limits drawn."""
+    limits drawn. (pandas and matplotlib are imported here, where a report is made: other commands need not pay
+    for them.)"""
     import matplotlib
+    import pandas as pd
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -121,7 +121,7 @@ def markdown(view: RunView, png_name: Optional[str], report_command: str,
 def _overnight_lines(view: RunView) -> list[str]:
     if not overnight.folders(view.store):
         return []
-    st = overnight.status(view.store)
+    st = overnight.status_of(view.store)
     lines = ["## Overnight run", "", f"`{st['folder']}`: bs={st['batch_size']}, **{st['state']}**"]
     if st["state"] == "ended":
         lines[-1] += f" at {st['ended_at']} after {st['elapsed_s'] / 60:.1f} min: {st['summary']}."

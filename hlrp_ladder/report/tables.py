@@ -1,12 +1,13 @@
 """A ladder report's tables (pandas): one row per probe, one row per stress forecast; and the terminal's table."""
 from __future__ import annotations
 
-from typing import Optional
-
-import pandas as pd
+from typing import TYPE_CHECKING, Optional
 
 from hlrp_ladder.report.view import RunView
 from hlrp_ladder.util.sizes import GIB
+
+if TYPE_CHECKING:  # pandas is imported where a report is made: other commands need not pay ~0.15 s for it
+    import pandas as pd
 
 
 def _pct(part: Optional[int], whole: Optional[int]) -> Optional[float]:
@@ -22,6 +23,8 @@ def frame(view: RunView) -> pd.DataFrame:
     set = the sampled peak of that charge less inactive file cache, what a cap judges; sampled = the monitor's
     max of the tree's RSS), % of the cap (kernel peak / cap) and of the soft limit (sampled / rss_limit),
     duration, rates, val loss."""
+    import pandas as pd
+
     rows = []
     for rec in view.records:
         sampled = rec.peaks.sampled_pss_bytes if rec.limits.metric == "pss" else rec.peaks.sampled_rss_bytes
@@ -49,6 +52,8 @@ def _gib(n: Optional[int]) -> Optional[float]:
 
 
 def forecast_frame(view: RunView) -> pd.DataFrame:
+    import pandas as pd
+
     rows = []
     for rec in view.records:
         fc = rec.forecast
@@ -73,6 +78,8 @@ def forecast_frame(view: RunView) -> pd.DataFrame:
 
 def rich_table(view: RunView):
     """The report's table for the terminal."""
+    import pandas as pd
+
     from rich.table import Table
 
     df = frame(view)

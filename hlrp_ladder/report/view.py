@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from hlrp_ladder.records import ProbeRecord
 from hlrp_ladder.run.store import RunStore
 from hlrp_ladder.search.state import Plan, Verdict
-from hlrp_ladder.search.verdict import verdict
+from hlrp_ladder.search.decide import verdict
 from hlrp_ladder.spec.model import Spec
 
 

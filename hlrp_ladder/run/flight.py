@@ -86,6 +86,7 @@ class Flight:
         while time.monotonic() < deadline and any(s.handle.state() != "ended" for s in self.slots_in_use):
             time.sleep(POLL_S)
         self.slots_in_use.clear()
+        self.view.close()
 
     def stop(self, collect: Callable[[InFlight, ProbeRecord], ProbeRecord]) -> None:
         """Ctrl-C: cancel every probe, wait for their records; one that cannot be confirmed is recorded so."""

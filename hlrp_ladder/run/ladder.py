@@ -15,11 +15,12 @@ from hlrp_ladder.run.store import RunStore, probe_folder_name
 from hlrp_ladder.search import forecast
 from hlrp_ladder.search.schedule import schedule
 from hlrp_ladder.search.state import Plan, Rung, latest, warmup_cap
-from hlrp_ladder.search.verdict import verdict as judge
+from hlrp_ladder.search.decide import verdict as judge
 from hlrp_ladder.search.words import probe_clause
 from hlrp_ladder.spec.model import Spec
 from hlrp_ladder.spec.sections import Recipe
-from hlrp_ladder.util.files import DiskFull
+from hlrp_ladder.util.files import as_disk_full
+from hlrp_ladder.util.files import no_space as full
 from hlrp_ladder.util.signals import StopFlag
 
 WARMUP = "warmup"
@@ -140,6 +141,8 @@ def _run(spec: Spec, executor: executors.Executor, view: LiveView, resume: Optio
         found = judge(plan, records)
         store.write_state(status="inconclusive" if found.inconclusive else "done", pick=found.pick,
                           reason=found.reason, exit_code=found.exit_code, confirmed_by=found.confirmed_by)
-    except DiskFull as exc:
-        raise no_space(store, command_line, exc) from None
+    except OSError as exc:
+        if not full(exc):
+            raise
+        raise no_space(store, command_line, as_disk_full(exc)) from None
     return RunResult(store, found, records)

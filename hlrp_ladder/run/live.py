@@ -31,7 +31,8 @@ def _measured(request: ProbeRequest, sample: Optional[Sample]) -> tuple[str, int
 
 def _who(request: ProbeRequest) -> str:
     """'[stress] bs=24', or '[compare] fast r2 bs=32' for a compare run (two slots interleave their lines)."""
-    variant = f"{request.variant} r{request.repeat} " if request.variant else ""
+    variant = (f"{request.variant} r{request.repeat} " if request.repeat else f"{request.variant} warm-up ") \
+        if request.variant else ""
     return f"[{request.phase}] {variant}bs={request.batch_size}"
 
 
@@ -87,6 +88,13 @@ class LiveView:
             label, used = _measured(request, sample)
             self.message(f"{_who(request)}: {sample.t:.0f} s, {label} {gib(used)}, {sample.n_procs} procs")
 
+    def close(self) -> None:
+        """Stop the live table (its rows are gone: the probes were abandoned), giving the terminal back."""
+        self.rows = {}
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
     def finish(self, record: ProbeRecord, folder: Optional[Path] = None) -> None:
         self.rows = {k: v for k, v in self.rows.items() if k.name != record.folder and k != folder}
         if self.live is not None:
@@ -96,5 +104,6 @@ class LiveView:
                 self.live.stop()
                 self.live = None
         rate = f", {record.metrics.samples_per_s:.1f} samples/s" if record.metrics.samples_per_s else ""
-        variant = f" {record.variant} r{record.repeat}" if record.variant else ""
+        variant = (f" {record.variant} r{record.repeat}" if record.repeat else f" {record.variant} warm-up") \
+            if record.variant else ""
         self.message(f"[{record.phase}{variant}] {probe_clause(record)} ({record.duration_s:.1f} s{rate})")

@@ -22,7 +22,7 @@ from hlrp_ladder.search import plan as plans
 from hlrp_ladder.search.state import EXIT_INTERRUPTED, EXIT_NO_SPACE, Plan, Verdict
 from hlrp_ladder.spec.model import Spec
 from hlrp_ladder.util import sizes
-from hlrp_ladder.util.files import DiskFull
+from hlrp_ladder.util.files import DiskFull, as_disk_full, no_space
 from hlrp_ladder.util.signals import StopFlag
 from hlrp_ladder.util.sizes import gib
 
@@ -60,17 +60,15 @@ def open_run(spec: Spec, executor: Executor, resume: Optional[str], command_line
              **state) -> tuple[RunStore, Plan, list[Handle]]:
     """A new run (``state`` stored beside its plan), or the run to resume (``resume='latest'`` for the spec's
     latest of ``kind``), locked for this process; the plan it is judged by (the one stored when it started); and,
-    on resume, the probes still running or finished meanwhile, re-attached. The executor is configured as the
-    run's stored facts say."""
+    on resume, the probes still running or finished meanwhile, re-attached. The executor is configured with the
+    machine's facts: a new run's as it stores them, a resumed run's read afresh (cgroups may have changed)."""
     fingerprint = fingerprint or spec.fingerprint()
     if resume is None:
         plan, facts, notes = resolve_plan(spec, executor)
         for note in notes:
             view.message(note)
-        store = RunStore.create(spec, command_line, plan.to_json(), facts, kind=kind, fingerprint=fingerprint)
+        store = RunStore.create(spec, command_line, plan.to_json(), facts, kind=kind, fingerprint=fingerprint, **state)
         store.lock()
-        if state:
-            store.write_state(**state)
         executor.configure(facts)
         return store, plan, []
     store = RunStore.find(spec.runs_dir, None if resume == "latest" else resume, spec.name, kind=kind)
@@ -105,11 +103,13 @@ def probe_request(spec: Spec, plan: Plan, store: RunStore, folder: str, *, batch
                   argv: list[str], env: dict[str, str], timeout_s: Optional[float], check_interval: int,
                   cap_bytes: Optional[int] = None, repeat: int = 0, retry: int = 0, variant: Optional[str] = None,
                   cpus: Optional[list[int]] = None, kill_grace_s: Optional[float] = None, stop_grace_s: float = 0.0,
-                  expected_s: Optional[float] = None) -> ProbeRequest:
+                  expected_s: Optional[float] = None, set_aside: bool = True) -> ProbeRequest:
     """The one place a probe request is made: the run's limits (``plan``, resolved when it started; ``cap_bytes``
     defaults to the plan's), the spec's sampling and regexes, the probe's folder in the run — a folder left by a
-    cancelled or interrupted try of the same probe is set aside first — its cgroup name and its marker."""
-    store.set_aside_folder(folder)
+    cancelled or interrupted try of the same probe is set aside first (unless ``set_aside`` is False: a request
+    only shown, by a dry run) — its cgroup name and its marker."""
+    if set_aside:
+        store.set_aside_folder(folder)
     return ProbeRequest(
         folder=(store.root / folder).resolve(), batch_size=batch_size, phase=phase, repeat=repeat, retry=retry,
         variant=variant, attempt=store.attempts(folder), argv=argv, env=env, cwd=os.getcwd(),
@@ -135,9 +135,11 @@ def drive(flight: Flight, stop: StopFlag, collect: Collect, step: Callable[[], N
             time.sleep(POLL_S)
         flight.stop(collect)
         return True
-    except DiskFull:
+    except OSError as exc:
+        if not no_space(exc):
+            raise
         flight.abandon()
-        raise
+        raise as_disk_full(exc) from None
 
 
 def no_space(store: RunStore, command_line: list[str], exc: DiskFull, verb: str = "run") -> DiskFull:

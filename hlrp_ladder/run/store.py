@@ -52,10 +52,11 @@ class RunStore:
     # ---- finding runs ----------------------------------------------------------------------------------------
     @staticmethod
     def create(spec: Spec, command_line: list[str], plan: Optional[dict] = None,
-               host: Optional[dict] = None, kind: str = "ladder", fingerprint: Optional[str] = None) -> "RunStore":
+               host: Optional[dict] = None, kind: str = "ladder", fingerprint: Optional[str] = None,
+               **state) -> "RunStore":
         """A new run folder with the spec's snapshot and ``ladder.json``, which keeps the resolved ``plan``
-        (limits in bytes) and the ``host`` facts the run is judged by. A compare run's folder ends in
-        ``-compare``."""
+        (limits in bytes), the ``host`` facts the run is judged by, and what else the run keeps (``state``: a
+        compare run's batch size and variants), in one write. A compare run's folder ends in ``-compare``."""
         base = Path(spec.runs_dir).expanduser() / spec.name
         try:
             base.mkdir(parents=True, exist_ok=True)
@@ -76,7 +77,7 @@ class RunStore:
             atomic_write(root / SPEC_SNAPSHOT, yaml.safe_dump(spec.masked(), sort_keys=False))
             store.write_state(name=spec.name, run_id=root.name, kind=kind,
                               fingerprint=fingerprint or spec.fingerprint(), status="running",
-                              command=command_line, created=time.time(), plan=plan, host=host)
+                              command=command_line, created=time.time(), plan=plan, host=host, **state)
         except DiskFull:
             shutil.rmtree(root, ignore_errors=True)  # no half-made run folder is left behind
             raise
@@ -136,10 +137,18 @@ class RunStore:
         try:
             self.write_state(status=status, reason=reason, exit_code=exit_code)
         except DiskFull:
+            # In place, compact (the indented original is longer), and never longer than the file is now: a write
+            # that needs a new block on a full disk would stop half-way and leave the state unreadable.
             path = self.root / STATE
+            room = path.stat().st_size
             current = json.loads(path.read_text())
             current.update(status=status, reason=reason, exit_code=exit_code, updated=time.time())
-            overwrite_in_place(path, json.dumps(current, indent=2, default=str) + "\n")
+            text = json.dumps(current, separators=(",", ":"), default=str)
+            if len(text.encode()) > room:
+                current["reason"] = f"{status}: the disk filled; free space and --resume"
+                text = json.dumps(current, separators=(",", ":"), default=str)
+            if len(text.encode()) <= room:
+                overwrite_in_place(path, text)
 
     def snapshot(self) -> Spec:
         """The spec as the run saved it (secrets masked)."""

@@ -22,7 +22,7 @@ from hlrp_ladder.records import SEARCH_PHASES, Evidence, Forecast, Limits, Outco
 from hlrp_ladder.search.boundary import search
 from hlrp_ladder.search.confirm import candidate
 from hlrp_ladder.search.state import Plan, Rung, attempts, rung_key
-from hlrp_ladder.search.verdict import next_rung, replay
+from hlrp_ladder.search.decide import next_rung, replay
 
 P_OK = {"one-val": 0.7, "stress": 0.6}   # how likely an undecided probe passes, for the speculation's weights
 EXPLORE = 200                            # outcome-tree nodes explored per decision

@@ -90,23 +90,35 @@ def _loc_text(loc: tuple) -> str:
     return ".".join(str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
 
 
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
 def _expanded_size(root: yaml.Node) -> int:
     """How many values the document has with every alias expanded, counted without expanding (each node once,
     its size memoised; iterative, so a deep document cannot exhaust the stack). Stops counting past
-    ``MAX_NODES``."""
+    ``MAX_NODES``; an alias inside its own anchor (``&a [8, *a]``, which expands forever) counts as past it."""
     size: dict[int, int] = {}
+    on_path: set[int] = set()
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
         node, done = stack.pop()
-        if id(node) in size:
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            size[key] = min(MAX_NODES + 1, 1 + sum(size[id(child)] for child in _children(node)))
             continue
-        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
-            list(node.value) if isinstance(node, yaml.SequenceNode) else []
-        if not done:
-            stack.append((node, True))
-            stack.extend((child, False) for child in children if id(child) not in size)
+        if key in size:
             continue
-        size[id(node)] = min(MAX_NODES + 1, 1 + sum(size.get(id(child), 0) for child in children))
+        on_path.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in on_path:
+                return MAX_NODES + 1
+            if id(child) not in size:
+                stack.append((child, False))
     return size[id(root)]
 
 
@@ -123,7 +135,7 @@ def parse_spec(text: str, source: str) -> Spec:
         node = yaml.compose(text, Loader=_Loader)
         if node is not None and _expanded_size(node) > MAX_NODES:
             raise SpecError(f"{source}:{_first_alias_line(text)}: its YAML aliases expand to more than "
-                            f"{MAX_NODES:,} values (an alias of an alias of ...); write the values out instead")
+                            f"{MAX_NODES:,} values (or into themselves); write the values out instead")
         data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

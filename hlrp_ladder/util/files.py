@@ -36,7 +36,13 @@ def free_text(path: Path) -> str:
 
 
 def no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or a quota) is full."""
     return isinstance(exc, OSError) and exc.errno in NO_SPACE
+
+
+def as_disk_full(exc: OSError) -> DiskFull:
+    """A no-space ``OSError`` from anywhere (a mkdir, a link, a rename) as a :class:`DiskFull` naming its path."""
+    return exc if isinstance(exc, DiskFull) else DiskFull(Path(exc.filename or "?"), exc)
 
 def umask() -> int:
     """The process umask, read without changing it (``os.umask`` can only be read by setting it)."""

@@ -232,9 +232,16 @@ class SlurmExecutor:
             ProbeFolder(folder).substitute(request, Outcome.error, "sbatch rejected the job: it never started",
                                            str(exc), submitted_at)
             return _Rejected(request)
-        write_json(folder / SUBMITTED, {"executor": self.name, "job_id": job_id, "job_name": job_name,
-                                        "submitted_at": submitted_at, "poll_s": self.settings.poll_s,
-                                        "spec": self.spec_name, "detached": detached})
+        try:
+            write_json(folder / SUBMITTED, {"executor": self.name, "job_id": job_id, "job_name": job_name,
+                                            "submitted_at": submitted_at, "poll_s": self.settings.poll_s,
+                                            "spec": self.spec_name, "detached": detached})
+        except OSError:  # a job nobody could find again must not run: cancel it, then say why
+            try:
+                commands.scancel(job_id)
+            except SlurmError:
+                pass
+            raise
         return SlurmHandle(request, job_id, submitted_at, self.settings.poll_s)
 
     def reattach(self, folder: Path) -> Optional[SlurmHandle]:

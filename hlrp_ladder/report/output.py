@@ -14,7 +14,7 @@ from hlrp_ladder.util.files import write_report
 
 
 def as_json(view: RunView) -> str:
-    night = overnight.status(view.store) if overnight.folders(view.store) else None
+    night = overnight.status_of(view.store) if overnight.folders(view.store) else None
     return json.dumps({
         "overnight": night,
         "name": view.spec.name, "run": str(view.store.root), "status": view.state.get("status"),
