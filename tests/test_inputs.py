@@ -56,6 +56,14 @@ def test_a_yaml_alias_bomb_is_refused_in_one_line_naming_its_first_alias(tmp_pat
 
 
 @pytest.mark.process
+def test_an_alias_inside_its_own_anchor_is_refused_not_walked_forever(tmp_path):
+    (tmp_path / "rec.yaml").write_text("name: rec\nbatch_sizes: &a [8, *a]\n")
+    peak, code, err = measured("validate", "rec.yaml", cwd=tmp_path, timeout=60)
+    assert code == 2 and "rec.yaml:2: its YAML aliases expand to more than 100,000 values" in one_error_line(err)
+    assert peak < SPEC_BOUND_KIB, peak
+
+
+@pytest.mark.process
 def test_aliases_within_the_budget_are_fine(tmp_path):
     (tmp_path / "ok.yaml").write_text("name: ok\nbatch_sizes: &grid [8, 16]\noverrides: &o {a: 1}\n"
                                       "overnight: {max_steps: 100, overrides: *o}\n")
