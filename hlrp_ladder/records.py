@@ -120,6 +120,10 @@ class Metrics(_Model):
     val_loss: Optional[float] = None
     val_points: list[ValPoint] = []
     artifact: Optional[str] = None
+    steady_step_per_s: Optional[float] = None  # steps over seconds of the steady windows between train events: the
+                                             # start-up left out, and every window that holds a validation
+    steady_windows: int = 0                  # how many windows that is
+    steady_cv: Optional[float] = None        # their rates' spread (standard deviation / mean): the within-run noise
     skipped_lines: int = 0                   # lines of the log or metrics file skipped for their length (> 1 MiB)
     unread_bytes: int = 0                    # of them, left unread: written faster than the monitor could follow
 

@@ -55,7 +55,10 @@ def test_two_repeats_a_side_get_the_exact_quantile_not_an_interpolated_one():
 @pytest.mark.pure
 def test_identical_repeats_measure_no_noise_and_call_nothing():
     d = compare.delta([1.9, 1.9], [1.86, 1.86], ("higher loss", "lower loss"))
-    assert d.verdict == "no noise measured" and d.low_pct is None and d.delta_pct == pytest.approx(-2.105, abs=0.01)
+    assert d.verdict == "identical repeats" and d.low_pct is None and d.delta_pct == pytest.approx(-2.105, abs=0.01)
+    # one side without spread is no better: its noise is unknown, not zero
+    assert compare.delta([1.9, 1.9], [1.86, 1.84], ("higher loss", "lower loss")).verdict == "identical repeats"
+    assert "vary the seed" in compare.decision_text(d, 5.0, 8)
 
 
 @pytest.mark.pure
@@ -159,11 +162,11 @@ def test_the_matrix_runs_and_the_report_finds_the_known_costs(tmp_path):
     slow = pairs[("base", "slow")]["metrics"]
     assert slow["samples_per_s"]["verdict"] == "slower" and -60 < slow["samples_per_s"]["delta_pct"] < -40
     assert slow["step_per_s"]["verdict"] == "slower"
-    bigger = pairs[("base", "bigger")]["metrics"]["peak_bytes"]
+    bigger = pairs[("base", "bigger")]["metrics"]["working_set_bytes"]
     assert bigger["verdict"] == "more memory" and 110 * 2**20 < bigger["delta"] < 130 * 2**20
     same = pairs[("base", "same")]["metrics"]
     # the fixture's loss is deterministic: identical repeats measure no noise, and no verdict is drawn from that
-    assert same["val_loss"]["verdict"] == "no noise measured" and abs(same["samples_per_s"]["delta_pct"]) < 10
+    assert same["val_loss"]["verdict"] == "identical repeats" and abs(same["samples_per_s"]["delta_pct"]) < 10
     assert pairs[("slow", "bigger")]["extra_differences"] == ["step_s"]
     assert pairs[("base", "slow")]["extra_differences"] == []
     md_res = cli("report", str(run), "--out", str(tmp_path / "rep"))

@@ -16,7 +16,8 @@ from hlrp_ladder.spec.model import Spec
 from hlrp_ladder.util.files import write_report
 from hlrp_ladder.util.sizes import GIB, gib
 
-LABELS = {"samples_per_s": "samples/s", "step_per_s": "step/s", "peak_bytes": "peak", "val_loss": "final val loss"}
+LABELS = {"samples_per_s": "samples/s", "step_per_s": "step/s", "working_set_bytes": "working set",
+          "val_loss": "final val loss"}
 
 if TYPE_CHECKING:  # pandas is imported where a report is made: other commands need not pay ~0.15 s for it
     import pandas as pd
@@ -68,20 +69,29 @@ def runs_frame(view: CompareView) -> pd.DataFrame:
             rows.append({
                 "variant": variant, "run": f"r{rec.repeat}", "overrides": _overrides_text(view, variant),
                 "outcome": rec.outcome.value, "s": round(rec.duration_s, 1),
-                "kernel GiB": None if rec.peaks.kernel_bytes is None else round(rec.peaks.kernel_bytes / GIB, 3),
-                "sampled GiB": round(rec.peaks.sampled_rss_bytes / GIB, 3) if rec.peaks.sampled_rss_bytes else None,
-                "step/s": rec.metrics.step_per_s, "samples/s": rec.metrics.samples_per_s,
+                "working set GiB": round(compare.working_set(rec) / GIB, 3) if compare.working_set(rec) else None,
+                "charge GiB": None if rec.peaks.kernel_bytes is None else round(rec.peaks.kernel_bytes / GIB, 3),
+                "sampled rss GiB": round(rec.peaks.sampled_rss_bytes / GIB, 3) if rec.peaks.sampled_rss_bytes
+                else None,
+                "step/s": compare.steps_per_s(rec), "samples/s": compare.samples_per_s(rec),
+                "steady windows": rec.metrics.steady_windows or None,
+                "within-run CV %": None if rec.metrics.steady_cv is None else round(100 * rec.metrics.steady_cv, 1),
                 **{f"val loss @{s}": None if losses.get(s) is None else round(losses[s], 4) for s in steps},
                 "artifact": rec.metrics.artifact})
     return pd.DataFrame(rows)
 
 
 def pair_results(view: CompareView) -> list[dict]:
+    cmp = view.spec.compare
+    target, conf = cmp.target_pct(), compare.confidence(cmp)
     out = []
     for pair in compare.pairs(view.spec, view.batch_size):
-        metrics = compare.pair_metrics(view.runs_of(pair.a), view.runs_of(pair.b))
+        metrics = compare.pair_metrics(view.runs_of(pair.a), view.runs_of(pair.b), conf, target)
+        main = metrics[compare.DECIDES]
         out.append({"a": pair.a, "b": pair.b, "about": pair.about, "extra_differences": pair.extra,
                     "flag": pair.extra_text,
+                    "decided": None if target is None else compare.decision(main, target),
+                    "throughput": compare.decision_text(main, target, cmp.most_repeats()),
                     "metrics": {name: {k: v for k, v in asdict(d).items() if k != "n"} | {"runs": list(d.n)}
                                 for name, d in metrics.items()}})
     return out
@@ -90,11 +100,13 @@ def pair_results(view: CompareView) -> list[dict]:
 def _cell(name: str, m: dict) -> str:
     if m["delta"] is None:
         return "no data"
-    unit = (lambda x: gib(x)) if name == "peak_bytes" else (lambda x: f"{x:+.3g}")
-    delta = f"{'+' if m['delta'] >= 0 else '-'}{gib(abs(m['delta']))}" if name == "peak_bytes" else unit(m["delta"])
+    memory = name == "working_set_bytes"
+    delta = f"{'+' if m['delta'] >= 0 else '-'}{gib(abs(m['delta']))}" if memory else f"{m['delta']:+.3g}"
     pct = "" if m["delta_pct"] is None else f" ({m['delta_pct']:+.1f} %"
-    band = "" if m["low_pct"] is None else f", 95 % [{m['low_pct']:+.1f}, {m['high_pct']:+.1f}] %"
-    return f"{delta}{pct}{band}{')' if pct else ''} **{m['verdict']}**"
+    band = "" if m["low_pct"] is None else \
+        f", {100 * m['confidence']:.4g} % [{m['low_pct']:+.1f}, {m['high_pct']:+.1f}] %"
+    detect = "" if m["mde_pct"] is None else f"; ±{m['mde_pct']:.1f} % detectable"
+    return f"{delta}{pct}{band}{')' if pct else ''} **{m['verdict']}**{detect}"
 
 
 def pairs_frame(view: CompareView, results: list[dict]) -> pd.DataFrame:
@@ -103,6 +115,7 @@ def pairs_frame(view: CompareView, results: list[dict]) -> pd.DataFrame:
     rows = []
     for res in results:
         rows.append({"pair": f"{res['b']} vs {res['a']}", "about": ", ".join(res["about"]) or "-",
+                     "throughput": res["throughput"],
                      **{LABELS[name]: _cell(name, m) for name, m in res["metrics"].items()},
                      "apples to apples": res["flag"] or "yes"})
     return pd.DataFrame(rows)
@@ -120,8 +133,7 @@ def plot(view: CompareView, path: Path) -> Optional[Path]:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.6))
     for ax, (what, read, scale, unit) in zip(axes[:2], (
-            ("samples/s", lambda r: r.metrics.samples_per_s, 1, ""), ("peak memory", lambda r: r.peak_bytes, GIB,
-                                                                      " (GiB)"))):
+            ("samples/s", compare.samples_per_s, 1, ""), ("working set", compare.working_set, GIB, " (GiB)"))):
         for i, variant in enumerate(variants):
             values = [read(r) / scale for r in view.runs_of(variant) if r.outcome.value == "ok" and read(r)]
             if values:
@@ -147,6 +159,15 @@ def plot(view: CompareView, path: Path) -> Optional[Path]:
     return path
 
 
+def _rounds(view: CompareView) -> int:
+    return max([0] + [r.repeat for r in view.records])
+
+
+def _correction(cmp) -> str:
+    n = compare.looks(cmp)
+    return "none (one look)" if n == 1 else f"Bonferroni over {n} looks (one per round allowed)"
+
+
 def as_json(view: CompareView, results: list[dict]) -> str:
     variants = []
     for name, items in view.spec.compare.variants.items():
@@ -155,7 +176,9 @@ def as_json(view: CompareView, results: list[dict]) -> str:
                          "argv": compare.effective(view.spec, name, view.batch_size)[0]})
     return json.dumps({
         "name": view.spec.name, "run": str(view.store.root), "status": view.state.get("status"),
-        "batch_size": view.batch_size, "variants": variants,
+        "batch_size": view.batch_size, "variants": variants, "rounds": _rounds(view),
+        "target_effect_pct": view.spec.compare.target_pct(), "confidence": compare.confidence(view.spec.compare),
+        "correction": _correction(view.spec.compare),
         "runs": [{**r.model_dump(mode="json"), "duration_s": round(r.duration_s, 3)} for r in view.records],
         "pairs": [{k: v for k, v in res.items() if k != "flag"} for res in results], "warnings": view.warnings,
     }, indent=2)
@@ -165,17 +188,26 @@ def markdown(view: CompareView, results: list[dict], png: Optional[str], command
     state = view.state
     created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.get("created", 0)))
     cmp = view.spec.compare
-    noise = ("Each delta is the mean of the b side's passing runs minus the a side's, in % of a, with the 95 % "
-             "Welch interval of that difference (each side's own variance): **faster/slower** (more/less memory, "
-             "higher/lower loss) only when the interval leaves out zero, else **within noise**.")
-    if cmp.repeats < 2:
+    conf = compare.confidence(cmp)
+    noise = (f"Runs are the unit of replication; a run's throughput is its steady-state rate (the windows between "
+             f"train events, start-up and validations left out; its within-run spread is the CV column). Each delta "
+             f"is the mean of the b side's passing runs minus the a side's, in % of a, with the {100 * conf:.4g} % "
+             f"Welch interval of that difference (each side's own variance, exact Student-t quantiles): "
+             f"**faster/slower** (more/less memory, higher/lower loss) only when the interval leaves out zero, else "
+             f"**within noise**. Beside it, the effect these runs detect at {100 * compare.POWER:.0f} % power.")
+    if compare.looks(cmp) > 1:
+        noise += (f" With `target_effect: {cmp.target_effect}` compare added rounds (one more run of every variant) "
+                  f"while a pair's throughput was undecided, up to {cmp.most_repeats()} runs a side: each round is "
+                  f"another look at the data, so every interval is Bonferroni-corrected for the "
+                  f"{compare.looks(cmp)} looks allowed (95 % family-wise). {_rounds(view)} round(s) were run.")
+    if cmp.repeats < 2 and compare.looks(cmp) == 1:
         noise += " With `repeats: 1` there is no variance to estimate: no noise band exists, and the verdicts say so."
     df, pf = runs_frame(view), pairs_frame(view, results)
     flags = [f"- **{r['b']} vs {r['a']}** is not apples to apples: {r['flag']}." for r in results if r["flag"]]
     lines = [
         f"# Compare report: {view.spec.name} / {view.store.root.name}", "",
         f"Produced by `{' '.join(state.get('command') or ['hlrp-ladder', 'compare', '?'])}` (started {created}, "
-        f"status {state.get('status', '?')}) and `{command}`: {len(cmp.variants)} variants x {cmp.repeats} runs at "
+        f"status {state.get('status', '?')}) and `{command}`: {len(cmp.variants)} variants x {_rounds(view)} runs at "
         f"bs={view.batch_size}, {cmp.max_steps} steps, validation every {cmp.check_interval}"
         + (f" over {cmp.limit_batches} batches" if cmp.limit_batches else " (the trainer's own batch limit)") + "."
         + (f" A warm-up run of {view.warmup.variant} came first, not counted ({view.warmup.outcome.value}, "

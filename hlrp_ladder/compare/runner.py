@@ -55,7 +55,7 @@ def run_request(spec: Spec, plan: Plan, store: RunStore, bs: int, variant: str, 
                 cpus: Optional[list[int]]) -> ProbeRequest:
     """A run of the matrix (``repeat`` 0: the warm-up, in ``warmup/``, one validation long, under twice the cap)."""
     cmp = spec.compare
-    argv, env = matrix.effective(spec, variant, bs)
+    argv, env = matrix.effective(spec, variant, bs, seed=repeat or None)
     if not repeat:
         key = spec.probe.keys.max_steps
         argv = [f"{key}={min(cmp.check_interval, cmp.max_steps)}" if key and a.startswith(f"{key}=") else a
@@ -91,7 +91,8 @@ def _run(spec: Spec, executor: executors.Executor, view: LiveView, resume: Optio
     have = {r.folder for r in loaded}
     # Round-robin (every variant's first run, then every second run): whatever drifts during the matrix
     # spreads over the variants instead of posing as one's cost. The warm-up goes first, alone.
-    pending = [(v, k) for k in range(1, cmp.repeats + 1) for v in cmp.variants
+    rounds = max([cmp.repeats] + [r.repeat for r in records])  # a resumed run keeps the rounds it had added
+    pending = [(v, k) for k in range(1, rounds + 1) for v in cmp.variants
                if matrix.run_folder(v, k) not in have]
     first = next(iter(cmp.variants))
     if cmp.warmup and WARMUP not in have and records == []:
@@ -109,7 +110,16 @@ def _run(spec: Spec, executor: executors.Executor, view: LiveView, resume: Optio
             records.append(record)
         return record
 
+    def runs_of(variant: str) -> list[ProbeRecord]:
+        return [r for r in records if r.variant == variant]
+
     def step() -> None:
+        nonlocal rounds
+        if not pending and not flight and matrix.more_rounds(spec, bs, runs_of):
+            rounds += 1  # one more run of every variant, round-robin like the first ones
+            pending.extend((v, rounds) for v in cmp.variants)
+            view.message(f"compare: round {rounds} of at most {cmp.most_repeats()}: a pair is still undecided on "
+                         f"{cmp.target_effect}")
         for index in flight.free():
             if not pending or (flight and pending[0][1] == 0) or WARMUP in {
                     s.request.folder.name for s in flight.slots_in_use}:
@@ -123,8 +133,10 @@ def _run(spec: Spec, executor: executors.Executor, view: LiveView, resume: Optio
             if drive(flight, stop, collect, step):
                 return interrupted(store, command_line, records, verb="compare")
         ok = sum(r.outcome == Outcome.ok for r in records)
-        reason = (f"compare: {len(records)} runs of {len(cmp.variants)} variants at bs={bs}, {ok} ok; the "
-                  f"pairs and their noise bands: hlrp-ladder report {store.root}")
+        in_rounds = f" in {rounds} rounds" if cmp.target_effect else ""
+        reason = (f"compare: {len(records)} runs of {len(cmp.variants)} variants at bs={bs}{in_rounds}, {ok} ok; "
+                  f"the pairs and their noise bands: hlrp-ladder report {store.root}")
+        store.write_state(rounds=rounds)
         store.write_state(status="done", reason=reason, exit_code=0)
     except OSError as exc:
         if not full(exc):

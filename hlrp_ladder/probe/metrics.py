@@ -32,6 +32,29 @@ MAX_VALUES = 10_000         # values kept per metric (rates, validations): the l
 CLOCK_SLACK_S = 1.0   # a trainer's timestamp may lead the monitor's read by this much (buffered writes, rounding)
 
 
+def steady_rate(train: list[tuple[int, Optional[float]]], vals: list[tuple[int, Optional[float]]],
+                startup: float = 0.1) -> tuple[Optional[float], int, Optional[float]]:
+    """Steady-state step/s from the train events' (step, time): over the windows between consecutive train
+    events, leaving out the first ``startup`` share of them (at least one: imports, buffers filling, compiling)
+    and every window that holds a validation (``vals``: by its time when both have one, else by its step: a
+    validation at step S follows the train event of S). Returns (steps / seconds over the windows kept, how many,
+    their rates' coefficient of variation — the within-run spread); (None, 0, None) when no window is left."""
+    windows: list[tuple[int, float]] = []
+    for (s0, t0), (s1, t1) in zip(train, train[1:]):
+        if t0 is None or t1 is None or s1 <= s0 or t1 <= t0:
+            continue
+        if any((t0 < tv <= t1) if tv is not None else (s0 <= sv < s1) for sv, tv in vals):
+            continue
+        windows.append((s1 - s0, t1 - t0))
+    windows = windows[max(1, int(len(windows) * startup)):]
+    if not windows:
+        return None, 0, None
+    rate = sum(ds for ds, _ in windows) / sum(dt for _, dt in windows)
+    rates = [ds / dt for ds, dt in windows]
+    cv = statistics.stdev(rates) / statistics.fmean(rates) if len(rates) > 1 else None
+    return round(rate, 4), len(windows), None if cv is None else round(cv, 4)
+
+
 def _rate(values: list[float]) -> Optional[float]:
     # The first window includes start-up (imports, buffers filling): leave it out when there are others.
     values = values[1:] if len(values) > 1 else values
@@ -117,6 +140,8 @@ class LiveMetrics:
     check_interval: Optional[int] = None   # steps between validations, to number regex-only validations
     events: deque = field(default_factory=lambda: deque(maxlen=MAX_VALUES))   # val_end and done, latest kept
     rates: dict[str, deque] = field(default_factory=dict)   # train events' step_per_s, samples_per_s
+    train_marks: deque = field(default_factory=lambda: deque(maxlen=MAX_VALUES))  # train events' (step, time)
+    val_marks: deque = field(default_factory=lambda: deque(maxlen=MAX_VALUES))    # val_end events' (step, time)
     last_step: Optional[int] = None
     found: dict[str, deque] = field(default_factory=dict)    # regex name -> (value, seen t, n-th), latest kept
     counts: dict[str, int] = field(default_factory=dict)     # regex name -> matches so far
@@ -161,8 +186,12 @@ class LiveMetrics:
 
     def _event(self, event: dict, t: Optional[float]) -> None:
         step = event.get("step")
+        stamp = event.get("time")
+        stamp = float(stamp) if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) else None
         if isinstance(step, int) and not isinstance(step, bool):
             self.last_step = step if self.last_step is None else max(self.last_step, step)
+            if event["event"] in ("train", "val_end"):
+                (self.train_marks if event["event"] == "train" else self.val_marks).append((step, stamp))
         if event["event"] == "train":
             for name in ("step_per_s", "samples_per_s"):
                 value = event.get(name)
@@ -247,9 +276,11 @@ class LiveMetrics:
                                    val_loss=val_loss if isinstance(val_loss, (int, float)) else None,
                                    rss_bytes=rss, cgroup_bytes=cg, working_set_bytes=ws))
         artifact = done[-1].get("artifact") if done else None
+        steady, windows, cv = steady_rate(list(self.train_marks), list(self.val_marks))
         return Metrics(
             source="jsonl", last_step=self.last_step if self.last_step is not None else
             (points[-1].step if points else None),
+            steady_step_per_s=steady, steady_windows=windows, steady_cv=cv,
             step_per_s=_rate(list(self.rates.get("step_per_s", []))),
             samples_per_s=_rate(list(self.rates.get("samples_per_s", []))),
             val_loss=points[-1].val_loss if points else None, val_points=points,

@@ -27,6 +27,17 @@ def _regex(value: Optional[str]) -> Optional[str]:
     return value
 
 
+def _percentage(value: str) -> str:
+    text = str(value).strip()
+    try:
+        number = float(text.rstrip("%"))
+    except ValueError:
+        number = -1.0
+    if not text.endswith("%") or not 0 < number < 100:
+        raise ValueError(f"{value!r} is not a percentage between 0 and 100 (e.g. '5%')")
+    return text
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -191,6 +202,23 @@ class CompareSpec(_Strict):
                                        "variable)")
     pairs: Optional[list[Pair]] = Field(None, description="default: every variant against the first, about what "
                                         "differs")
+    target_effect: Optional[Annotated[str, AfterValidator(_percentage)]] = Field(
+        None, description="the smallest throughput difference worth knowing, e.g. '5%': after the first round "
+                          "compare adds rounds (one more run of every variant) while a pair is undecided, up to "
+                          "max_repeats; each pair ends 'faster/slower by X %', 'within ±target' or out of repeats")
+    max_repeats: Optional[PositiveInt] = Field(None, le=100, description="with target_effect: runs per variant at "
+                                               "most (default: 4 x repeats, at least 8)")
+    seed_key: Optional[str] = Field(None, description="a trainer key set to the run's number (1, 2, ...) in each "
+                                    "repeat, so a deterministic trainer shows its noise; a variant may set it itself")
+
+    def most_repeats(self) -> int:
+        """Runs per variant at most: ``repeats`` without a target, else ``max_repeats``."""
+        if self.target_effect is None:
+            return self.repeats
+        return max(self.repeats, self.max_repeats or max(8, 4 * self.repeats))
+
+    def target_pct(self) -> Optional[float]:
+        return None if self.target_effect is None else float(self.target_effect.strip().rstrip("%"))
 
     @field_validator("variants", mode="before")
     @classmethod
@@ -206,6 +234,14 @@ class CompareSpec(_Strict):
                         if isinstance(item, (dict, list)):
                             raise ValueError(f"{name}.{key}: a value must be a scalar, got {type(item).__name__}")
         return value
+
+    @model_validator(mode="after")
+    def _repeats_fit(self) -> "CompareSpec":
+        if self.max_repeats is not None and self.target_effect is None:
+            raise ValueError("max_repeats: only with target_effect (it bounds the rounds added to decide)")
+        if self.max_repeats is not None and self.max_repeats < self.repeats:
+            raise ValueError(f"max_repeats ({self.max_repeats}) is below repeats ({self.repeats})")
+        return self
 
     @model_validator(mode="after")
     def _pairs_name_variants(self) -> "CompareSpec":
