@@ -19,13 +19,14 @@ from hlrp_ladder.compare import matrix
 from hlrp_ladder.records import Outcome, Phase, ProbeRecord, ProbeRequest
 from hlrp_ladder.run.flight import Flight, InFlight
 from hlrp_ladder.run.live import LiveView
-from hlrp_ladder.run.session import RunResult, drive, interrupted, no_space, open_run, probe_request
+from hlrp_ladder.run.session import (RunResult, drive, interrupted, open_run, probe_request,
+                                    stopped_by_full_disk)
 from hlrp_ladder.run.store import RunStore
 from hlrp_ladder.search.state import Plan, Verdict, warmup_cap
 from hlrp_ladder.spec.loader import SpecError
 from hlrp_ladder.spec.model import Spec
 from hlrp_ladder.util.files import as_disk_full
-from hlrp_ladder.util.files import no_space as full
+from hlrp_ladder.util.files import no_space
 from hlrp_ladder.util.signals import StopFlag
 
 WARMUP = "warmup"
@@ -139,7 +140,7 @@ def _run(spec: Spec, executor: executors.Executor, view: LiveView, resume: Optio
         store.write_state(rounds=rounds)
         store.write_state(status="done", reason=reason, exit_code=0)
     except OSError as exc:
-        if not full(exc):
+        if not no_space(exc):
             raise
-        raise no_space(store, command_line, as_disk_full(exc), verb="compare") from None
+        raise stopped_by_full_disk(store, command_line, as_disk_full(exc), verb="compare") from None
     return RunResult(store, Verdict(None, reason, 0, status="done"), records)

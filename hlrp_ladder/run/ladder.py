@@ -10,7 +10,8 @@ from hlrp_ladder import executors
 from hlrp_ladder.records import Outcome, Phase, ProbeRecord, ProbeRequest
 from hlrp_ladder.run.flight import Flight, InFlight
 from hlrp_ladder.run.live import LiveView
-from hlrp_ladder.run.session import RunResult, drive, interrupted, no_space, open_run, probe_request
+from hlrp_ladder.run.session import (RunResult, drive, interrupted, open_run, probe_request,
+                                    stopped_by_full_disk)
 from hlrp_ladder.run.store import RunStore, probe_folder_name
 from hlrp_ladder.search import forecast
 from hlrp_ladder.search.schedule import schedule
@@ -20,7 +21,7 @@ from hlrp_ladder.search.words import probe_clause
 from hlrp_ladder.spec.model import Spec
 from hlrp_ladder.spec.sections import Recipe
 from hlrp_ladder.util.files import as_disk_full
-from hlrp_ladder.util.files import no_space as full
+from hlrp_ladder.util.files import no_space
 from hlrp_ladder.util.signals import StopFlag
 
 WARMUP = "warmup"
@@ -142,7 +143,7 @@ def _run(spec: Spec, executor: executors.Executor, view: LiveView, resume: Optio
         store.write_state(status="inconclusive" if found.inconclusive else "done", pick=found.pick,
                           reason=found.reason, exit_code=found.exit_code, confirmed_by=found.confirmed_by)
     except OSError as exc:
-        if not full(exc):
+        if not no_space(exc):
             raise
-        raise no_space(store, command_line, as_disk_full(exc)) from None
+        raise stopped_by_full_disk(store, command_line, as_disk_full(exc)) from None
     return RunResult(store, found, records)

@@ -142,7 +142,8 @@ def drive(flight: Flight, stop: StopFlag, collect: Collect, step: Callable[[], N
         raise as_disk_full(exc) from None
 
 
-def no_space(store: RunStore, command_line: list[str], exc: DiskFull, verb: str = "run") -> DiskFull:
+def stopped_by_full_disk(store: RunStore, command_line: list[str], exc: DiskFull,
+                         verb: str = "run") -> DiskFull:
     """A run stopped by a full disk: its probes were stopped; its state says interrupted (written in place if
     need be); the error to show says what happened and how to go on."""
     spec_arg = command_line[2] if len(command_line) > 2 else "SPEC"
