@@ -163,7 +163,11 @@ def test_the_matrix_runs_and_the_report_finds_the_known_costs(tmp_path):
     assert slow["samples_per_s"]["verdict"] == "slower" and -60 < slow["samples_per_s"]["delta_pct"] < -40
     assert slow["step_per_s"]["verdict"] == "slower"
     bigger = pairs[("base", "bigger")]["metrics"]["working_set_bytes"]
-    assert bigger["verdict"] == "more memory" and 110 * 2**20 < bigger["delta"] < 130 * 2**20
+    # the fixture allocates exact sizes: its working set can come out identical in every repeat, and a zero
+    # variance is never a verdict (the delta is still shown)
+    assert 110 * 2**20 < bigger["delta"] < 130 * 2**20
+    assert bigger["verdict"] == "more memory" or (bigger["verdict"] == "identical repeats" and
+                                                  bigger["low_pct"] is None)
     same = pairs[("base", "same")]["metrics"]
     # the fixture's loss is deterministic: identical repeats measure no noise, and no verdict is drawn from that
     assert same["val_loss"]["verdict"] == "identical repeats" and abs(same["samples_per_s"]["delta_pct"]) < 10
@@ -172,7 +176,7 @@ def test_the_matrix_runs_and_the_report_finds_the_known_costs(tmp_path):
     md_res = cli("report", str(run), "--out", str(tmp_path / "rep"))
     md = next((tmp_path / "rep").glob("*.md")).read_text()
     assert "**bigger vs slow** is not apples to apples: also differs in step_s=(unset) (slow: 0.02)" in md
-    assert "**slower**" in md and "**more memory**" in md and "within noise" in md
+    assert "**slower**" in md and ("**more memory**" in md or "**identical repeats**" in md) and "within noise" in md
     assert "val loss @20" in md and (tmp_path / "rep" / f"cmp-{run.name}.png").stat().st_size > 10_000
     csv = cli("report", str(run), "--format", "csv", "--out", str(tmp_path / "rep")).stdout
     assert csv.splitlines()[0].startswith("variant,run,overrides,outcome")
