@@ -34,6 +34,11 @@ class Handle(Protocol):
         """Where it runs, for a person: 'pid 1234', 'SLURM job 17 (RUNNING on node3)'."""
         ...
 
+    def waitable(self) -> Optional[int]:
+        """A file descriptor that becomes readable when the probe ends, for the orchestrator to wake on; None
+        when there is none (then it polls)."""
+        ...
+
 
 class Executor(Protocol):
     name: str

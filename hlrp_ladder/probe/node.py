@@ -20,7 +20,7 @@ from typing import Optional
 import psutil
 from pydantic import ValidationError
 
-from hlrp_ladder.probe.folder import LOG, REQUEST, RUNNER, STATUS, PeakTracker, ProbeFolder, Sample
+from hlrp_ladder.probe.folder import LOG, REQUEST, RUNNER, RUNNER_LOG, STATUS, PeakTracker, ProbeFolder, Sample
 from hlrp_ladder.probe.runner import run_probe
 from hlrp_ladder.records import ProbeRequest
 from hlrp_ladder.util.files import DiskFull, write_json
@@ -72,9 +72,30 @@ class Heartbeat:
                                "peak_working_set": peaks.working_set_sampled_bytes})
 
 
+def _wait_for_folder() -> Optional[str]:
+    """A spare runner (``--stdin``): started ahead of time by the local executor so that its start-up (the
+    interpreter and these imports, ~0.1 s) is not paid between two probes. It waits for its probe folder on
+    stdin, then writes its output to that folder's runner.log like any runner. None: told to go (stdin closed)."""
+    line = sys.stdin.readline().strip()
+    if not line:
+        return None
+    log = os.open(Path(line) / RUNNER_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    return line
+
+
 def main(argv: list[str]) -> int:
+    if argv == ["--stdin"]:
+        found = _wait_for_folder()
+        if found is None:
+            return 0
+        argv = [found]
     if len(argv) != 1:
-        print("usage: python -m hlrp_ladder.probe FOLDER   (FOLDER/request.json describes the probe)", file=sys.stderr)
+        print("usage: python -m hlrp_ladder.probe FOLDER   (FOLDER/request.json describes the probe)\n"
+              "       python -m hlrp_ladder.probe --stdin   (the folder comes on stdin: a spare runner)",
+              file=sys.stderr)
         return 2
     folder = ProbeFolder(Path(argv[0]).resolve())
     _load_env(folder)

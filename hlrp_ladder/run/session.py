@@ -132,7 +132,7 @@ def drive(flight: Flight, stop: StopFlag, collect: Collect, step: Callable[[], N
             step()
             if not flight:
                 return False
-            time.sleep(POLL_S)
+            flight.wait(POLL_S)
         flight.stop(collect)
         return True
     except OSError as exc:

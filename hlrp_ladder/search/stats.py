@@ -16,12 +16,11 @@ import statistics
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-import numpy as np
 
 
 def _scipy_stats():
-    """``scipy.stats``, imported on first use: it takes half a second, which every command that merely reads a
-    spec or a run (validate, status, report) would otherwise pay."""
+    """``scipy.stats`` (and numpy with it), imported on first use: half a second, which every command that
+    merely reads a spec or a run (validate, status, report) would otherwise pay."""
     import scipy.stats
 
     return scipy.stats
@@ -109,6 +108,8 @@ def theil_sen(points: Sequence[tuple[float, float]]) -> Optional[Line]:
     pts = [(float(x), float(y)) for x, y in points]
     if len({x for x, _ in pts}) < 2:
         return None
+    import numpy as np  # beside scipy, on first use (see _scipy_stats)
+
     x = np.array([p[0] for p in pts])
     y = np.array([p[1] for p in pts])
     res = _scipy_stats().theilslopes(y, x, method="joint")

@@ -23,7 +23,8 @@ import psutil
 
 from hlrp_ladder.probe import cgroup as cgroups
 from hlrp_ladder.probe import host
-from hlrp_ladder.probe.folder import LOG, RESULT, RUNNER, RUNNER_LOG, RUNNING, SUBMITTED, ProbeFolder, read_json
+from hlrp_ladder.probe.folder import (ENV_FILE, LOG, RESULT, RUNNER, RUNNER_LOG, RUNNING, SUBMITTED, ProbeFolder,
+                                      read_json)
 from hlrp_ladder.probe.process import die_with, kill_leftovers
 from hlrp_ladder.records import Outcome, ProbeRecord, ProbeRequest
 from hlrp_ladder.spec.sections import ExecutorSpec
@@ -47,6 +48,22 @@ class LocalHandle:
     def __init__(self, request: ProbeRequest, proc: Optional[subprocess.Popen], submitted_at: float):
         self.request, self.proc, self.submitted_at = request, proc, submitted_at
         self.cancelled_at: Optional[float] = None
+        self._pidfd: Optional[int] = None
+
+    def waitable(self) -> Optional[int]:
+        """A file descriptor that becomes readable when the runner exits (a pidfd), so the orchestrator wakes at
+        once instead of at its next poll; None where there is none (a re-attached runner, an old kernel)."""
+        if self._pidfd is None and self.proc is not None and self.proc.returncode is None:
+            try:
+                self._pidfd = os.pidfd_open(self.proc.pid)
+            except (OSError, AttributeError):
+                return None
+        return self._pidfd
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
 
     @property
     def folder(self) -> Path:
@@ -68,6 +85,7 @@ class LocalHandle:
             if self.cancelled_at is not None and time.monotonic() - self.cancelled_at > self.request.stop_grace_s + 15:
                 self._kill_runner()  # it did not stop as asked: its tree dies with it, cleanup takes the rest
             return None
+        self._close_pidfd()
         folder = ProbeFolder(self.folder)
         rec = folder.record()
         if rec is not None:
@@ -125,11 +143,49 @@ def cleanup(folder: Path) -> int:
 
 class LocalExecutor:
     """Runs each probe's node-side runner as a local subprocess. ``cgroup`` is where its memory cgroups go
-    (resolved once per run by the orchestrator; "auto" finds one)."""
+    (resolved once per run by the orchestrator; "auto" finds one).
+
+    Inside a ``session()``, once a probe has been submitted, a spare runner is started beside it: a runner that
+    has already paid its start-up (the interpreter and its imports, ~0.1 s) and waits on stdin for the next
+    probe's folder. Between two probes only the folder's name is written then, not a process started: on 5 s
+    probes that start-up was a third of the ladder's overhead (bench/RESULTS.md)."""
     name = "local"
 
     def __init__(self, cgroup: str = "auto", cgroup_note: str = ""):
         self.cgroup, self.cgroup_note = cgroup, cgroup_note
+        self._spares = False                       # keep a spare runner (inside a session)
+        self._spare: Optional[subprocess.Popen] = None
+
+    def _start_spare(self) -> None:
+        if self._spares and self._spare is None:
+            self._spare = subprocess.Popen(
+                [sys.executable, "-m", "hlrp_ladder.probe", "--stdin"], stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+                preexec_fn=die_with(os.getpid()))
+
+    def _take_spare(self, folder: Path, env: dict[str, str]) -> Optional[subprocess.Popen]:
+        """The spare runner, handed ``folder`` (its environment through the folder's owner-only env file), or
+        None when there is none or it is gone."""
+        spare, self._spare = self._spare, None
+        if spare is None or spare.poll() is not None:
+            return None
+        ProbeFolder(folder).write_env(env)
+        try:
+            spare.stdin.write(f"{folder}\n".encode())
+            spare.stdin.close()
+        except OSError:  # it died meanwhile
+            (folder / ENV_FILE).unlink(missing_ok=True)
+            spare.kill()
+            spare.wait()
+            return None
+        return spare
+
+    def _stop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:  # it holds nothing yet (no folder, no probe): killed, not waited for to finish importing
+            spare.kill()
+            spare.wait()
+            spare.stdin.close()
 
     def usable_memory(self) -> int:
         return host.usable_memory()
@@ -142,9 +198,12 @@ class LocalExecutor:
         """cgroup v2, ordinary user: the memory controller enabled for the delegated cgroup's children for the run
         (and put back after), so probes can be capped."""
         leaf = cgroups.delegate()
+        self._spares = True
         try:
             yield
         finally:
+            self._spares = False
+            self._stop_spare()
             cgroups.undelegate(leaf)
 
     def sweep(self) -> list[str]:
@@ -174,6 +233,7 @@ class LocalExecutor:
         """Use the probe-cgroup parent a run resolved (``host.facts``): its probes all go there, or get none."""
         self.cgroup = facts.get("cgroup_parent") or "none"
         self.cgroup_note = "" if facts.get("cgroup_parent") else f"no writable memory cgroup ({facts.get('cgroup_note')})"
+        self._start_spare()  # a run is about to submit: its first runner starts up meanwhile
 
     def prepare(self, request: ProbeRequest) -> ProbeRequest:
         if request.cgroup != "auto":
@@ -196,11 +256,15 @@ class LocalExecutor:
         proc = None
         if not detached:
             # Attached: nothing runs unwatched on a workstation; the runner dies with the orchestrator.
-            with open(folder / RUNNER_LOG, "ab") as log:
-                proc = subprocess.Popen(argv, env={**os.environ, **request.env}, stdin=subprocess.DEVNULL,
-                                        stdout=log, stderr=subprocess.STDOUT, cwd=request.cwd,
-                                        start_new_session=True, close_fds=True, preexec_fn=die_with(os.getpid()))
-            info.update(pid=proc.pid, create_time=psutil.Process(proc.pid).create_time())
+            proc = self._take_spare(folder, {**os.environ, **request.env}) if request.cwd == os.getcwd() else None
+            if proc is None:
+                with open(folder / RUNNER_LOG, "ab") as log:
+                    proc = subprocess.Popen(argv, env={**os.environ, **request.env}, stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=subprocess.STDOUT, cwd=request.cwd,
+                                            start_new_session=True, close_fds=True, preexec_fn=die_with(os.getpid()))
+            info.update(pid=proc.pid, create_time=psutil.Process(proc.pid).create_time(),
+                        spare=proc.args[-1] == "--stdin")
+            self._start_spare()  # the next probe's runner starts up while this one runs
         else:
             # The launcher's environment, as the probes had it (a tmux server started earlier would otherwise
             # give the long run its own), through an owner-only file: never on a command line.

@@ -149,6 +149,9 @@ class SlurmHandle:
         # once; the long run with its grace) — a plain scancel would SIGKILL the trainer after KillWait
         self._scancel("TERM" if job is not None and job.state == "RUNNING" else None)
 
+    def waitable(self) -> Optional[int]:
+        return None  # a job's end is known only by asking SLURM: polled
+
     def where(self) -> str:
         job = self._job or self.job()
         if job is None:
@@ -315,6 +318,9 @@ class _Rejected:
 
     def state(self) -> str:
         return "ended"
+
+    def waitable(self) -> Optional[int]:
+        return None
 
     def where(self) -> str:
         return "not submitted (sbatch refused it)"
