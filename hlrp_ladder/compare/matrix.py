@@ -196,7 +196,7 @@ def delta(a_values: list[Optional[float]], b_values: list[Optional[float]], word
         return Delta(None, None, None, None, None, None, "no data", n, confidence=conf)
     ma, mb = statistics.fmean(a_values), statistics.fmean(b_values)
     d = mb - ma
-    pct = None if ma == 0 else 100 * d / ma
+    pct = None if ma == 0 else 100 * d / abs(ma)  # of a's size: a negative mean must not flip the band
     band = stats.welch_interval(a_values, b_values, conf)
     if band is None:
         return Delta(ma, mb, d, pct, None, None, "no noise band", n, confidence=conf)
@@ -204,7 +204,7 @@ def delta(a_values: list[Optional[float]], b_values: list[Optional[float]], word
     if va == 0 or vb == 0:  # a side's repeats came out identical: its noise is unknown, not zero
         return Delta(ma, mb, d, pct, None, None, "identical repeats", n, confidence=conf)
     verdict = words[0] if band.low > 0 else words[1] if band.high < 0 else "within noise"
-    scale = (lambda x: 100 * x / ma) if ma else (lambda x: None)
+    scale = (lambda x: 100 * x / abs(ma)) if ma else (lambda x: None)
     return Delta(ma, mb, d, pct, scale(band.low), scale(band.high), verdict, n,
                  mde_pct(va, vb, n[0], n[1], ma, conf),
                  None if target_pct is None else runs_needed(va, vb, ma, conf, target_pct), conf)
@@ -225,10 +225,12 @@ def decision(d: Delta, target_pct: float) -> str:
     return "undecided"
 
 
-def decision_text(d: Delta, target_pct: Optional[float], most: int) -> str:
+def decision_text(d: Delta, target_pct: Optional[float], most: int, seeded: bool = False) -> str:
     """The sentence for a pair's throughput: 'faster by 7.9 % [5.2, 10.6]', 'within ±5 %: no difference that
-    large', or why it is not decided."""
+    large', or why it is not decided (``seeded``: compare.seed_key already varies each repeat's seed)."""
     if d.verdict == "identical repeats":
+        if seeded:
+            return "identical repeats on a side although each had its own seed: no noise measured, no verdict"
         return ("identical repeats: the trainer is deterministic; vary the seed to measure noise "
                 "(compare.seed_key)")
     if d.verdict in ("no data", "no noise band"):
@@ -248,11 +250,17 @@ def decision_text(d: Delta, target_pct: Optional[float], most: int) -> str:
 
 def pair_metrics(records_a: list[ProbeRecord], records_b: list[ProbeRecord], conf: float = 1 - ALPHA,
                  target_pct: Optional[float] = None) -> dict[str, Delta]:
-    """Every metric's delta between the passing runs of two variants."""
+    """Every metric's delta between the passing runs of two variants. Throughput is compared in one measure:
+    the steady-state rate when every run has one, else the rate each trainer reported (never a mix)."""
     ok_a = [r for r in records_a if r.outcome == Outcome.ok]
     ok_b = [r for r in records_b if r.outcome == Outcome.ok]
+    steady = all(r.metrics.steady_step_per_s for r in ok_a + ok_b)
+    readers = dict(METRICS)
+    if not steady:
+        readers["samples_per_s"] = (lambda r: r.metrics.samples_per_s, METRICS["samples_per_s"][1])
+        readers["step_per_s"] = (lambda r: r.metrics.step_per_s, METRICS["step_per_s"][1])
     return {name: delta([read(r) for r in ok_a], [read(r) for r in ok_b], words, conf, target_pct)
-            for name, (read, words) in METRICS.items()}
+            for name, (read, words) in readers.items()}
 
 
 def more_rounds(spec: Spec, batch_size: int, runs_of) -> bool:

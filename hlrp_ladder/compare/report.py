@@ -91,7 +91,7 @@ def pair_results(view: CompareView) -> list[dict]:
         out.append({"a": pair.a, "b": pair.b, "about": pair.about, "extra_differences": pair.extra,
                     "flag": pair.extra_text,
                     "decided": None if target is None else compare.decision(main, target),
-                    "throughput": compare.decision_text(main, target, cmp.most_repeats()),
+                    "throughput": compare.decision_text(main, target, cmp.most_repeats(), cmp.seed_key is not None),
                     "metrics": {name: {k: v for k, v in asdict(d).items() if k != "n"} | {"runs": list(d.n)}
                                 for name, d in metrics.items()}})
     return out
@@ -178,7 +178,7 @@ def as_json(view: CompareView, results: list[dict]) -> str:
         "name": view.spec.name, "run": str(view.store.root), "status": view.state.get("status"),
         "batch_size": view.batch_size, "variants": variants, "rounds": _rounds(view),
         "target_effect_pct": view.spec.compare.target_pct(), "confidence": compare.confidence(view.spec.compare),
-        "correction": _correction(view.spec.compare),
+        "correction": _correction(view.spec.compare), "seed_key": view.spec.compare.seed_key,
         "runs": [{**r.model_dump(mode="json"), "duration_s": round(r.duration_s, 3)} for r in view.records],
         "pairs": [{k: v for k, v in res.items() if k != "flag"} for res in results], "warnings": view.warnings,
     }, indent=2)

@@ -92,7 +92,8 @@ def _run(spec: Spec, executor: executors.Executor, view: LiveView, resume: Optio
     have = {r.folder for r in loaded}
     # Round-robin (every variant's first run, then every second run): whatever drifts during the matrix
     # spreads over the variants instead of posing as one's cost. The warm-up goes first, alone.
-    rounds = max([cmp.repeats] + [r.repeat for r in records])  # a resumed run keeps the rounds it had added
+    # a resumed run keeps the rounds it had added: finished, or still running (a SLURM job re-attached)
+    rounds = max([cmp.repeats] + [r.repeat for r in records] + [h.request.repeat for h in reattached])
     pending = [(v, k) for k in range(1, rounds + 1) for v in cmp.variants
                if matrix.run_folder(v, k) not in have]
     first = next(iter(cmp.variants))
@@ -100,8 +101,10 @@ def _run(spec: Spec, executor: executors.Executor, view: LiveView, resume: Optio
         pending.insert(0, (first, 0))
     flight = Flight(executor, spec.executor.max_parallel, executor.slot_cores(spec.executor), view)
     for handle in reattached:
-        flight.adopt((handle.request.variant, handle.request.repeat), handle)
-        pending.remove((handle.request.variant, handle.request.repeat))
+        tag = (handle.request.variant, handle.request.repeat)
+        flight.adopt(tag, handle)
+        if tag in pending:
+            pending.remove(tag)
 
     def collect(slot: InFlight, record: ProbeRecord) -> ProbeRecord:
         if record.folder == WARMUP:

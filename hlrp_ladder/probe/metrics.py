@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 import re
 import statistics
 from collections import deque
@@ -52,7 +53,8 @@ def steady_rate(train: list[tuple[int, Optional[float]]], vals: list[tuple[int, 
     rate = sum(ds for ds, _ in windows) / sum(dt for _, dt in windows)
     rates = [ds / dt for ds, dt in windows]
     cv = statistics.stdev(rates) / statistics.fmean(rates) if len(rates) > 1 else None
-    return round(rate, 4), len(windows), None if cv is None else round(cv, 4)
+    # significant figures, not decimals: a slow trainer's 0.05 step/s must not round runs into ties
+    return float(f"{rate:.6g}"), len(windows), None if cv is None else round(cv, 4)
 
 
 def _rate(values: list[float]) -> Optional[float]:
@@ -188,6 +190,7 @@ class LiveMetrics:
         step = event.get("step")
         stamp = event.get("time")
         stamp = float(stamp) if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) else None
+        stamp = stamp if stamp is not None and math.isfinite(stamp) else None
         if isinstance(step, int) and not isinstance(step, bool):
             self.last_step = step if self.last_step is None else max(self.last_step, step)
             if event["event"] in ("train", "val_end"):

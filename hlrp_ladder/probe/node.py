@@ -8,6 +8,7 @@ reports): it starts once per probe, and its start-up is part of every probe's ov
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import signal
@@ -74,11 +75,15 @@ class Heartbeat:
 
 def _wait_for_folder() -> Optional[str]:
     """A spare runner (``--stdin``): started ahead of time by the local executor so that its start-up (the
-    interpreter and these imports, ~0.1 s) is not paid between two probes. It waits for its probe folder on
-    stdin, then writes its output to that folder's runner.log like any runner. None: told to go (stdin closed)."""
+    interpreter and these imports, ~0.1 s) is not paid between two probes. It waits for its probe folder and its
+    whole environment on stdin (a pipe only it reads: never on disk or a command line), then writes its output to
+    that folder's runner.log like any runner. None: told to go (stdin closed)."""
     line = sys.stdin.readline().strip()
     if not line:
         return None
+    env = json.loads(sys.stdin.readline())
+    os.environ.clear()
+    os.environ.update(env)
     log = os.open(Path(line) / RUNNER_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     os.dup2(log, 1)
     os.dup2(log, 2)

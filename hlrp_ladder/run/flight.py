@@ -53,10 +53,13 @@ class Flight:
         """Sleep until the next poll, or less: until a probe's runner exits, where its handle can say when (a
         local runner's pidfd). Between two 5 s probes a blind poll cost half its period on average."""
         fds = [fd for fd in (s.handle.waitable() for s in self.slots_in_use) if fd is not None]
-        if fds:
-            select.select(fds, [], [], timeout)
-        else:
+        if not fds:
             time.sleep(timeout)
+            return
+        waiter = select.poll()  # not select(): it fails on descriptors past 1023
+        for fd in fds:
+            waiter.register(fd, select.POLLIN)
+        waiter.poll(timeout * 1000)
 
     def cores_of(self, index: int) -> Optional[list[int]]:
         return self.cores[index] if self.cores else None

@@ -9,6 +9,7 @@ session of its own with a log file; it outlives the terminal.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import shutil
@@ -23,8 +24,7 @@ import psutil
 
 from hlrp_ladder.probe import cgroup as cgroups
 from hlrp_ladder.probe import host
-from hlrp_ladder.probe.folder import (ENV_FILE, LOG, RESULT, RUNNER, RUNNER_LOG, RUNNING, SUBMITTED, ProbeFolder,
-                                      read_json)
+from hlrp_ladder.probe.folder import LOG, RESULT, RUNNER, RUNNER_LOG, RUNNING, SUBMITTED, ProbeFolder, read_json
 from hlrp_ladder.probe.process import die_with, kill_leftovers
 from hlrp_ladder.records import Outcome, ProbeRecord, ProbeRequest
 from hlrp_ladder.spec.sections import ExecutorSpec
@@ -64,6 +64,9 @@ class LocalHandle:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+
+    def __del__(self) -> None:  # a handle dropped without its record (abandoned on a full disk) keeps no fd
+        self._close_pidfd()
 
     @property
     def folder(self) -> Path:
@@ -147,8 +150,8 @@ class LocalExecutor:
 
     Inside a ``session()``, once a probe has been submitted, a spare runner is started beside it: a runner that
     has already paid its start-up (the interpreter and its imports, ~0.1 s) and waits on stdin for the next
-    probe's folder. Between two probes only the folder's name is written then, not a process started: on 5 s
-    probes that start-up was a third of the ladder's overhead (bench/RESULTS.md)."""
+    probe's folder and environment. Between two probes only that is written then, not a process started: on 5 s
+    probes that start-up was half the ladder's overhead (docs/monitor.md)."""
     name = "local"
 
     def __init__(self, cgroup: str = "auto", cgroup_note: str = ""):
@@ -164,21 +167,25 @@ class LocalExecutor:
                 preexec_fn=die_with(os.getpid()))
 
     def _take_spare(self, folder: Path, env: dict[str, str]) -> Optional[subprocess.Popen]:
-        """The spare runner, handed ``folder`` (its environment through the folder's owner-only env file), or
-        None when there is none or it is gone."""
+        """The spare runner, handed ``folder`` and its whole environment over its stdin (a pipe only it reads:
+        neither on a command line nor on disk), or None when there is none or it is gone."""
         spare, self._spare = self._spare, None
-        if spare is None or spare.poll() is not None:
+        if spare is None:
             return None
-        ProbeFolder(folder).write_env(env)
         try:
-            spare.stdin.write(f"{folder}\n".encode())
+            if spare.poll() is not None:
+                raise BrokenPipeError("the spare runner is gone")
+            spare.stdin.write(f"{folder}\n{json.dumps(env)}\n".encode())
             spare.stdin.close()
-        except OSError:  # it died meanwhile
-            (folder / ENV_FILE).unlink(missing_ok=True)
+            return spare
+        except OSError:  # it died meanwhile: start a fresh runner instead
             spare.kill()
             spare.wait()
+            try:
+                spare.stdin.close()
+            except OSError:
+                pass
             return None
-        return spare
 
     def _stop_spare(self) -> None:
         spare, self._spare = self._spare, None
