@@ -144,7 +144,7 @@ def test_rounds_are_added_until_the_slower_variant_is_called_and_the_same_one_is
     md = cli("report", str(run), "--out", str(tmp_path / "rep"))
     assert md.returncode == 0
     text = next((tmp_path / "rep").glob("*.md")).read_text()
-    assert "Bonferroni-corrected" in text and "% detectable" in text
+    assert "Bonferroni-corrected" in text and "% detectable; 5 % needs " in text
 
 
 @pytest.mark.process

@@ -97,7 +97,7 @@ def pair_results(view: CompareView) -> list[dict]:
     return out
 
 
-def _cell(name: str, m: dict) -> str:
+def _cell(name: str, m: dict, target: float | None = None) -> str:
     if m["delta"] is None:
         return "no data"
     memory = name == "working_set_bytes"
@@ -106,6 +106,9 @@ def _cell(name: str, m: dict) -> str:
     band = "" if m["low_pct"] is None else \
         f", {100 * m['confidence']:.4g} % [{m['low_pct']:+.1f}, {m['high_pct']:+.1f}] %"
     detect = "" if m["mde_pct"] is None else f"; ±{m['mde_pct']:.1f} % detectable"
+    if detect and target is not None:
+        detect += (f"; {target:g} % needs about {m['runs_needed']} runs a side" if m["runs_needed"] else
+                   f"; {target:g} % needs more than 100 runs a side")
     return f"{delta}{pct}{band}{')' if pct else ''} **{m['verdict']}**{detect}"
 
 
@@ -116,7 +119,8 @@ def pairs_frame(view: CompareView, results: list[dict]) -> pd.DataFrame:
     for res in results:
         rows.append({"pair": f"{res['b']} vs {res['a']}", "about": ", ".join(res["about"]) or "-",
                      "throughput": res["throughput"],
-                     **{LABELS[name]: _cell(name, m) for name, m in res["metrics"].items()},
+                     **{LABELS[name]: _cell(name, m, view.spec.compare.target_pct())
+                        for name, m in res["metrics"].items()},
                      "apples to apples": res["flag"] or "yes"})
     return pd.DataFrame(rows)
 
