@@ -15,7 +15,6 @@ the interval's confidence is Bonferroni-corrected for all the looks the spec all
 """
 from __future__ import annotations
 
-import math
 import shlex
 import statistics
 from dataclasses import dataclass
@@ -160,12 +159,13 @@ def _spread(values: list[float]) -> float:
 def mde_pct(var_a: float, var_b: float, n_a: int, n_b: int, mean_a: float, conf: float) -> Optional[float]:
     """The smallest difference, in % of a's mean, that a two-sided Welch interval at ``conf`` excludes zero for
     with probability POWER, at these variances and runs: (t_{1-alpha/2} + t_{power}) x se, at Welch's df."""
-    se2 = var_a / n_a + var_b / n_b
-    if se2 <= 0 or not mean_a or n_a < 2 or n_b < 2:
+    if not mean_a or n_a < 2 or n_b < 2:
         return None
-    df = se2 ** 2 / ((var_a / n_a) ** 2 / (n_a - 1) + (var_b / n_b) ** 2 / (n_b - 1))
+    se, df = stats.welch_se_df(var_a, var_b, n_a, n_b)
+    if se == 0:
+        return None
     t = stats.t_quantile(1 - (1 - conf) / 2, df) + stats.t_quantile(POWER, df)
-    return 100 * t * math.sqrt(se2) / abs(mean_a)
+    return 100 * t * se / abs(mean_a)
 
 
 def runs_needed(var_a: float, var_b: float, mean_a: float, conf: float, target_pct: float) -> Optional[int]:

@@ -3,7 +3,6 @@ its monitor left running."""
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import subprocess
@@ -14,6 +13,7 @@ import psutil
 
 from hlrp_ladder.probe import cgroup as cgroups
 from hlrp_ladder.probe.cgroup import MemoryCgroup
+from hlrp_ladder.probe.folder import read_json
 from hlrp_ladder.records import MARKER_ENV
 
 PR_SET_PDEATHSIG = 1
@@ -94,9 +94,8 @@ def kill_leftovers(running_file: Path) -> int:
     """Kill what a probe recorded in ``running.json`` and still runs: only what is surely its own — the main
     process (same pid *and* start time), processes whose environment carries the probe's marker, and members
     of its cgroup. A process group id alone proves nothing (days later it may be another user's)."""
-    try:
-        info = json.loads(running_file.read_text())
-    except (OSError, ValueError):
+    info = read_json(running_file)
+    if info is None:
         return 0
     marker, targets = info.get("marker"), []
     for proc in psutil.process_iter(["pid", "create_time"]):

@@ -29,11 +29,14 @@ def _measured(request: ProbeRequest, sample: Optional[Sample]) -> tuple[str, int
     return "rss", sample.rss
 
 
+def _variant(variant: Optional[str], repeat: int) -> str:
+    """'fast r2 ' for a compare run, 'fast warm-up ' for its warm-up, '' for a ladder's probe."""
+    return "" if not variant else f"{variant} r{repeat} " if repeat else f"{variant} warm-up "
+
+
 def _who(request: ProbeRequest) -> str:
     """'[stress] bs=24', or '[compare] fast r2 bs=32' for a compare run (two slots interleave their lines)."""
-    variant = (f"{request.variant} r{request.repeat} " if request.repeat else f"{request.variant} warm-up ") \
-        if request.variant else ""
-    return f"[{request.phase}] {variant}bs={request.batch_size}"
+    return f"[{request.phase}] {_variant(request.variant, request.repeat)}bs={request.batch_size}"
 
 
 class LiveView:
@@ -104,6 +107,6 @@ class LiveView:
                 self.live.stop()
                 self.live = None
         rate = f", {record.metrics.samples_per_s:.1f} samples/s" if record.metrics.samples_per_s else ""
-        variant = (f" {record.variant} r{record.repeat}" if record.repeat else f" {record.variant} warm-up") \
-            if record.variant else ""
-        self.message(f"[{record.phase}{variant}] {probe_clause(record)} ({record.duration_s:.1f} s{rate})")
+        variant = _variant(record.variant, record.repeat).rstrip()
+        self.message(f"[{record.phase}{' ' + variant if variant else ''}] {probe_clause(record)} "
+                     f"({record.duration_s:.1f} s{rate})")

@@ -52,6 +52,15 @@ class Interval:
     se: float
 
 
+def welch_se_df(var_a: float, var_b: float, n_a: int, n_b: int) -> tuple[float, float]:
+    """The standard error of mean(b) - mean(a) from each side's sample variance and size (n >= 2), and its
+    Welch-Satterthwaite degrees of freedom (``inf`` when both variances are 0)."""
+    va, vb = var_a / n_a, var_b / n_b  # squared standard errors of the means
+    if va + vb == 0:
+        return 0.0, math.inf
+    return math.sqrt(va + vb), (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1))
+
+
 def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Optional[Interval]:
     """The two-sided ``confidence`` interval of mean(b) - mean(a), each side with its own variance (Welch's
     t interval; degrees of freedom from the Welch-Satterthwaite formula, usually not an integer).
@@ -75,11 +84,9 @@ def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0
     if na < 2 or nb < 2:
         return None
     d = statistics.fmean(b) - statistics.fmean(a)
-    va, vb = statistics.variance(a) / na, statistics.variance(b) / nb  # squared standard errors of the means
-    se = math.sqrt(va + vb)
+    se, df = welch_se_df(statistics.variance(a), statistics.variance(b), na, nb)
     if se == 0:
         return Interval(d, d, math.inf, 0.0)
-    df = (va + vb) ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
     half = t_quantile(0.5 + confidence / 2, df) * se
     return Interval(d - half, d + half, df, se)
 
