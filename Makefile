@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[trainer,test]"
+	$(BIN)/python -m pip install -q -e ".[trainer,test,gpu,integrations]"
 	touch $@
 
 demo: setup

@@ -86,6 +86,9 @@ def _start(runner, spec_path: Path, run_ref: Optional[str], resume: bool, skip_p
     spec = load_spec(spec_path)
     if compare and spec.compare is None:
         raise SpecError(f"{spec_path}: compare: the spec has no compare section (batch_size, variants, ...)")
+    problem = preflight.gpu_cap_error(spec)  # a device here, so known only here: still the spec's mistake
+    if problem:
+        raise SpecError(f"{spec_path}: {problem}")
     # Inside the executor's session (a delegated cgroup v2 gets its memory controller enabled), so preflight sees
     # the cap the run will have.
     with executors.create(spec).session():

@@ -42,6 +42,7 @@ class Outcome(str, Enum):
     oom_killed = "oom_killed"      # the kernel OOM-killed the main process
     child_oom = "child_oom"        # the kernel OOM-killed a worker; the main process exited on its own
     rss_breach = "rss_breach"      # the monitor killed the tree: the soft limit was crossed
+    gpu_breach = "gpu_breach"      # the monitor killed the tree: a GPU's soft limit (memory.gpu.limit) was crossed
     cuda_oom = "cuda_oom"          # torch.OutOfMemoryError / "CUDA out of memory" in the log
     timeout = "timeout"
     error = "error"                # any other non-zero exit
@@ -60,8 +61,8 @@ class Outcome(str, Enum):
         return self in INCONCLUSIVE
 
 
-MEMORY_VERDICTS = frozenset({Outcome.oom_killed, Outcome.child_oom, Outcome.rss_breach, Outcome.cuda_oom,
-                             Outcome.forecast_oom})
+MEMORY_VERDICTS = frozenset({Outcome.oom_killed, Outcome.child_oom, Outcome.rss_breach, Outcome.gpu_breach,
+                             Outcome.cuda_oom, Outcome.forecast_oom})
 INCONCLUSIVE = frozenset({Outcome.error, Outcome.timeout})
 
 
@@ -88,7 +89,9 @@ class Peaks(_Model):
     sampled_pss_bytes: Optional[int] = None  # max over samples of the tree's summed PSS (metric: pss)
     cgroup_sampled_bytes: Optional[int] = None
     working_set_sampled_bytes: Optional[int] = None  # max over samples of cgroup usage less inactive file cache
-    gpu_sampled_bytes: Optional[int] = None  # max GPU memory of the tree's processes (NVML), where there is a GPU
+    gpu_sampled_bytes: Optional[int] = None  # max over samples of the tree's GPU memory on its busiest device
+    gpu_devices: dict[str, int] = {}         # that peak per device (NVML index -> bytes)
+    gpu_source: str = ""                     # how GPU memory was read: "nvml per process" | "nvml device used ..."
     max_procs: int = 0
     samples: int = 0
 
@@ -99,6 +102,21 @@ class Limits(_Model):
     cap_bytes: Optional[int] = None          # hard limit on cgroup-charged memory
     cgroup: Optional[str] = None             # "v1 /sys/fs/cgroup/memory/..." when one was used
     cgroup_note: str = ""                    # why there was none, when there was none
+    gpu_limit_bytes: Optional[int] = None    # the GPU soft limit per device (memory.gpu.limit, resolved on the node
+                                             # against the device's memory, or the emulated cap); None: no GPU
+    gpu_total_bytes: Optional[int] = None    # the smallest visible device's memory (the emulated cap, when set)
+    gpu_devices: list[str] = []              # the devices the probe saw: "0: NVIDIA H200, 139.8 GiB"
+    gpu_cap_bytes: Optional[int] = None      # memory.gpu.cap: an emulated smaller GPU
+    gpu_cap_mechanism: str = ""              # "mps" (driver-enforced) | "torch" (PyTorch's allocator) | ""
+    gpu_cap_covers: str = ""                 # what that mechanism limits, and what it does not
+    gpu_note: str = ""                       # why GPU memory was not judged, when it was not
+
+    @property
+    def gpu_fit_bytes(self) -> Optional[int]:
+        """What a GPU peak must fit under: the soft limit, within the (emulated) device's memory."""
+        if self.gpu_limit_bytes is None:
+            return None
+        return min(self.gpu_limit_bytes, self.gpu_total_bytes or self.gpu_limit_bytes)
 
 
 class ValPoint(_Model):
@@ -110,6 +128,8 @@ class ValPoint(_Model):
     rss_bytes: Optional[int] = None          # tree RSS of the latest sample at or before the validation end
     cgroup_bytes: Optional[int] = None
     working_set_bytes: Optional[int] = None  # the cgroup's usage less its inactive file cache, same sample
+    gpu_bytes: Optional[int] = None          # the tree's GPU memory on its busiest device, same sample
+    torch_allocated_bytes: Optional[int] = None  # torch's allocated GPU memory, as the val_end event reported it
 
 
 class Metrics(_Model):
@@ -126,6 +146,9 @@ class Metrics(_Model):
     steady_cv: Optional[float] = None        # their rates' spread (standard deviation / mean): the within-run noise
     skipped_lines: int = 0                   # lines of the log or metrics file skipped for their length (> 1 MiB)
     unread_bytes: int = 0                    # of them, left unread: written faster than the monitor could follow
+    torch_allocated_bytes: Optional[int] = None      # torch's own GPU figures, the largest any event reported
+    torch_reserved_bytes: Optional[int] = None       # (protocol fields gpu_allocated, gpu_reserved,
+    torch_max_reserved_bytes: Optional[int] = None   # gpu_max_reserved: torch.cuda.memory_*)
 
 
 class ProbeRecord(_Model):
@@ -141,7 +164,8 @@ class ProbeRecord(_Model):
     peaks: Peaks
     limits: Limits
     metrics: Metrics = Metrics()
-    forecast: Optional["Forecast"] = None
+    forecast: Optional["Forecast"] = None    # host memory's growth forecast (a stress probe)
+    gpu_forecast: Optional["Forecast"] = None  # GPU memory's, where the GPU was judged
     started_at: float
     ended_at: float                          # when the main process was reaped
     argv: list[str]
@@ -149,6 +173,11 @@ class ProbeRecord(_Model):
     @property
     def duration_s(self) -> float:
         return self.ended_at - self.started_at
+
+    @property
+    def gpu_judged(self) -> bool:
+        """The probe ran with a GPU the monitor judged (a GPU limit was resolved on its node)."""
+        return self.limits.gpu_limit_bytes is not None
 
     @property
     def peak_bytes(self) -> int:
@@ -164,7 +193,7 @@ class Forecast(_Model):
     extrapolated with its own count — the long run's validations, the long run's steps — and the worse one is
     judged. With ``overnight.check_interval == stress.check_interval`` both give the same answer."""
     kind: str                                # plateau | growth | insufficient | no_long_run
-    domain: str                              # "working set" or "cgroup" (against the cap), "rss" (rss_limit)
+    domain: str                              # "working set" or "cgroup" (against the cap), "rss" (rss_limit), "gpu"
     slope_mib_per_cycle: float = 0.0         # per validation cycle of the stress recipe
     slope_mib_per_step: float = 0.0
     raw_slope_mib_per_cycle: float = 0.0     # before the plateau test
@@ -225,6 +254,17 @@ class ProbeRequest(_Model):
     cpus: Optional[list[int]] = None         # local: the cores the probe's tree is pinned to (its slot's)
     check_interval: Optional[int] = None     # steps between validations (numbers a regex-only trainer's)
     metrics_regex: MetricsPatterns = MetricsPatterns()
+    gpu: Optional["GpuRequest"] = None       # judge GPU memory (None: a spec run before GPUs were judged)
+
+
+class GpuRequest(_Model):
+    """GPU memory for one probe, as the spec says it (percentages resolve on the node, against its devices)."""
+    limit: str = "90%"                       # soft limit per device: a size, or a % of the device (or the cap)
+    cap: Optional[str] = None                # an emulated smaller GPU
+    required: bool = False                   # the spec has a memory.gpu section: no visible GPU is an error
+    devices: Optional[list[int]] = None      # this slot's devices (CUDA_VISIBLE_DEVICES); None: what is visible
+    count: int = 0                           # GPUs a scheduler allocates the probe (SLURM --gres=gpu:N)
 
 
 ProbeRecord.model_rebuild()
+ProbeRequest.model_rebuild()

@@ -181,7 +181,7 @@ def test_failure_clauses(outcome, fragment):
 # ---- inconclusive: a failure that is not about memory is not a memory verdict ---------------------------------
 def test_outcomes_split_into_memory_verdicts_and_inconclusive():
     memory = {o for o in Outcome if o.is_memory_verdict}
-    assert memory == {Outcome.oom_killed, Outcome.child_oom, Outcome.rss_breach, Outcome.cuda_oom,
+    assert memory == {Outcome.oom_killed, Outcome.child_oom, Outcome.rss_breach, Outcome.gpu_breach, Outcome.cuda_oom,
                       Outcome.forecast_oom}
     assert {o for o in Outcome if o.is_inconclusive} == {Outcome.error, Outcome.timeout}
 

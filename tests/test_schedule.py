@@ -14,12 +14,12 @@ GRID = list(range(8, 65, 4))
 DURATION = {"stress": 6.0}
 
 
-def sequential(plan, one_val_ok, stress_ok):
+def sequential(plan, one_val_ok, stress_ok, make=rec, failure="oom_killed"):
     records = []
     while (rung := policy.next_rung(plan, records)) is not None:
         ok = stress_ok(rung.batch_size) if rung.phase == "stress" else one_val_ok(rung.batch_size)
-        records.append(rec(rung.batch_size, "ok" if ok else "oom_killed", phase=rung.phase, repeat=rung.repeat,
-                           retry=rung.retry, t=len(records) + 1.0))
+        records.append(make(rung.batch_size, "ok" if ok else failure, phase=rung.phase, repeat=rung.repeat,
+                            retry=rung.retry, t=len(records) + 1.0))
     return policy.verdict(plan, records).pick, len(records)
 
 
@@ -44,7 +44,7 @@ class Memo:
         return self.seen[key]
 
 
-def parallel(plan, one_val_ok, stress_ok, slots, memo=None):
+def parallel(plan, one_val_ok, stress_ok, slots, memo=None, make=rec, failure="oom_killed"):
     """A discrete-event run: probes take 1 (one-val) or 6 (stress) time units; decisions at every finish."""
     ask = memo or (lambda records, running, slots: schedule(plan, records, running, slots))
     assert memo is None or memo.plan is plan
@@ -65,8 +65,8 @@ def parallel(plan, one_val_ok, stress_ok, slots, memo=None):
         clock = end
         del running[key]
         ok = stress_ok(rung.batch_size) if rung.phase == "stress" else one_val_ok(rung.batch_size)
-        records.append(rec(rung.batch_size, "ok" if ok else "oom_killed", phase=rung.phase, repeat=rung.repeat,
-                           retry=rung.retry, t=clock))
+        records.append(make(rung.batch_size, "ok" if ok else failure, phase=rung.phase, repeat=rung.repeat,
+                            retry=rung.retry, t=clock))
 
 
 def curves():
@@ -96,6 +96,30 @@ def test_every_slot_count_picks_what_the_sequential_ladder_picks(refine, stress)
         for slots in range(1, 9):
             got, _, _ = parallel(plan, one_val_ok, stress_ok, slots, memo)
             assert got.pick == expected, (name, slots, got.reason)
+
+
+def gpu_bound(per_sample_gib):
+    """Records of a GPU-bound trainer: host memory flat, GPU memory 1.3 GiB + per_sample_gib x bs on a 139.8 GiB
+    device (limit 125.8 GiB), the failures cuda_oom — the shape measured with GPT-2 on the H200."""
+    def make(bs, outcome, **kw):
+        return rec(bs, outcome, peak_gib=1.4, cap_gib=None, gpu_gib=min(139.8, 1.3 + per_sample_gib * bs),
+                   gpu_limit_gib=125.8, gpu_total_gib=139.8, **kw)
+    return make
+
+
+@pytest.mark.parametrize("refine", ["none", "bisect", "model"])
+@pytest.mark.parametrize("stress", [False, True])
+def test_gpu_bound_curves_pick_the_same_with_any_slot_count(refine, stress):
+    """The parallel pick is the sequential one when the GPU binds (one GPU per slot: each probe its own device)."""
+    plan = policy.Plan(batch_sizes=GRID, refine=refine, stress=stress, repeats=1, limit_bytes=20 << 30)
+    for per_sample in (1.85, 2.6, 3.9):
+        make = gpu_bound(per_sample)
+        fits = lambda b, p=per_sample: 1.3 + p * b <= 139.8  # noqa: E731
+        for name, stress_ok in (("stress as one-val", fits), ("stress fails above 40", lambda b, f=fits: f(b) and b <= 40)):
+            expected, _ = sequential(plan, fits, stress_ok, make, "cuda_oom")
+            for slots in range(1, 5):
+                got, _, _ = parallel(plan, fits, stress_ok, slots, make=make, failure="cuda_oom")
+                assert got.pick == expected, (per_sample, name, slots, got.reason)
 
 
 def test_repeats_and_slots():

@@ -53,7 +53,7 @@ def batch_size(spec: Spec) -> int:
 
 
 def run_request(spec: Spec, plan: Plan, store: RunStore, bs: int, variant: str, repeat: int,
-                cpus: Optional[list[int]]) -> ProbeRequest:
+                cpus: Optional[list[int]], gpus: Optional[list[int]] = None) -> ProbeRequest:
     """A run of the matrix (``repeat`` 0: the warm-up, in ``warmup/``, one validation long, under twice the cap)."""
     cmp = spec.compare
     argv, env = matrix.effective(spec, variant, bs, seed=repeat or None)
@@ -64,7 +64,8 @@ def run_request(spec: Spec, plan: Plan, store: RunStore, bs: int, variant: str, 
     return probe_request(spec, plan, store, matrix.run_folder(variant, repeat) if repeat else WARMUP,
                          batch_size=bs, phase=Phase.compare, repeat=repeat, variant=variant, argv=argv, env=env,
                          timeout_s=cmp.timeout_s or spec.timeout_s * max(1.0, cmp.max_steps / spec.probe.max_steps),
-                         check_interval=cmp.check_interval, cap_bytes=None if repeat else warmup_cap(plan), cpus=cpus)
+                         check_interval=cmp.check_interval, cap_bytes=None if repeat else warmup_cap(plan), cpus=cpus,
+                         gpus=gpus)
 
 
 def run_compare(spec: Spec, view: LiveView, resume: Optional[str] = None,
@@ -99,7 +100,8 @@ def _run(spec: Spec, executor: executors.Executor, view: LiveView, resume: Optio
     first = next(iter(cmp.variants))
     if cmp.warmup and WARMUP not in have and records == []:
         pending.insert(0, (first, 0))
-    flight = Flight(executor, spec.executor.max_parallel, executor.slot_cores(spec.executor), view)
+    flight = Flight(executor, spec.executor.max_parallel, executor.slot_cores(spec.executor), view,
+                    executor.slot_gpus(spec.executor))
     for handle in reattached:
         tag = (handle.request.variant, handle.request.repeat)
         flight.adopt(tag, handle)
@@ -130,7 +132,7 @@ def _run(spec: Spec, executor: executors.Executor, view: LiveView, resume: Optio
                 break  # the warm-up runs alone
             variant, repeat = pending.pop(0)
             flight.submit((variant, repeat), index, run_request(spec, plan, store, bs, variant, repeat,
-                                                                flight.cores_of(index)))
+                                                                flight.cores_of(index), flight.gpus_of(index)))
 
     try:
         with StopFlag() as stop:

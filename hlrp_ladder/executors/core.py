@@ -70,6 +70,11 @@ class Executor(Protocol):
         """Each parallel slot's cores, where this executor pins them (None: no pinning)."""
         ...
 
+    def slot_gpus(self, spec: ExecutorSpec) -> Optional[list[list[int]]]:
+        """Each parallel slot's own GPUs, where this executor hands them out (None: it does not; a scheduler
+        allocates them per job)."""
+        ...
+
     def submit(self, request: ProbeRequest, detached: bool = False, name: Optional[str] = None) -> Handle:
         """Start a probe (``detached``: the long run, which outlives the orchestrator; ``name``: its session or
         job name)."""

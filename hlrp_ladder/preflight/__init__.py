@@ -9,6 +9,7 @@ from hlrp_ladder.preflight.core import (Context, Finding, build_context, check, 
 from hlrp_ladder.preflight import checks as _checks  # noqa: F401,E402  (registers the built-in checks)
 from hlrp_ladder.preflight import local as _local  # noqa: F401,E402  (the local executor's)
 from hlrp_ladder.preflight import slurm as _slurm  # noqa: F401,E402  (the SLURM executor's)
+from hlrp_ladder.preflight.local import gpu_cap_error  # noqa: E402
 
-__all__ = ["Context", "Finding", "build_context", "check", "context_hook", "findings", "registry", "run_checks",
-           "table"]
+__all__ = ["Context", "Finding", "build_context", "check", "context_hook", "findings", "gpu_cap_error", "registry",
+           "run_checks", "table"]

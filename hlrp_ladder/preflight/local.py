@@ -1,14 +1,17 @@
 """The local executor's preflight checks (run only for a local spec): the limits against this machine, whether a
-cap can be enforced here, and whether parallel slots fit its memory and cores together."""
+cap can be enforced here, whether parallel slots fit its memory, cores and GPUs together, and the GPU spec
+against the GPUs here."""
 from __future__ import annotations
 
 import os
 import threading
-from typing import Iterator
+from typing import Iterator, Optional
 
 from hlrp_ladder.preflight.core import FAIL, OK, WARN, Context, Finding, check
 from hlrp_ladder.probe import cgroup
+from hlrp_ladder.probe import gpu as gpus
 from hlrp_ladder.probe.host import usable_memory
+from hlrp_ladder.util import sizes
 from hlrp_ladder.util.sizes import gib
 
 
@@ -67,3 +70,46 @@ def parallel(ctx: Context) -> Iterator[Finding]:
                       f"lower executor.max_parallel or executor.cpus_per_probe (at most {cores} cores in all)")
     else:
         yield Finding("parallel cores", OK, f"{ex.max_parallel} slots of {per} core(s) each, pinned (of {cores})")
+
+
+def gpu_cap_error(spec) -> Optional[str]:
+    """A local spec whose emulated GPU is larger than a GPU here: a mistake in the spec, named with the device."""
+    g = spec.memory.gpu
+    if spec.executor.kind != "local" or g is None or g.cap is None:
+        return None
+    cap = sizes.resolve(g.cap, 1)
+    for device in gpus.visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"))[0]:
+        if cap > device.total:
+            return f"memory.gpu.cap: {gib(cap, 1)} is more than {device.words()} has"
+    return None
+
+
+@check("gpu", executor="local")
+def gpu(ctx: Context) -> Iterator[Finding]:
+    """GPU memory: a spec that judges it needs a GPU here; slots x gpus_per_probe must fit the visible GPUs (two
+    probes on one GPU take each other's memory: measured on an H200, a sibling's allocation made the other
+    probe's CUDA OOM and changed the pick)."""
+    spec, ex = ctx.spec, ctx.spec.executor
+    devices, _, why = gpus.visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"))
+    named = ", ".join(d.words() for d in devices)
+    if not devices:
+        if spec.memory.gpu is not None:
+            yield Finding("gpu", FAIL, f"memory.gpu is set but {why}: GPU memory cannot be judged here",
+                          "run where the GPU is, or remove memory.gpu")
+        elif ex.gpus_per_probe:
+            yield Finding("gpu", FAIL, f"executor.gpus_per_probe is {ex.gpus_per_probe} but {why}",
+                          "remove executor.gpus_per_probe")
+        return
+    problem = gpu_cap_error(spec)
+    if problem:
+        yield Finding("gpu cap", FAIL, problem, "set memory.gpu.cap below the device's memory")
+    per = gpus.per_probe(ex.gpus_per_probe, len(devices))
+    if per == 0:
+        yield Finding("gpu slots", WARN, f"executor.gpus_per_probe is 0: probes share {named}, and each one's "
+                      f"GPU memory counts only its own processes", "")
+    elif ex.max_parallel * per > len(devices):
+        yield Finding("gpu slots", FAIL, f"{ex.max_parallel} slots x {per} GPU(s) per probe > the {len(devices)} "
+                      f"visible GPU(s) ({named}): probes sharing a GPU take each other's memory",
+                      f"lower executor.max_parallel to {max(1, len(devices) // per)}")
+    else:
+        yield Finding("gpu slots", OK, f"{ex.max_parallel} slot(s) x {per} GPU(s) of {named}")

@@ -30,6 +30,7 @@ CHUNK_BYTES = 4 << 20       # read from a growing file per poll
 MAX_LINE_BYTES = 1 << 20    # a longer line is skipped: no metric is a megabyte long
 FINISH_BYTES = 64 << 20     # read at most this much more once the process is gone: the file's end
 MAX_VALUES = 10_000         # values kept per metric (rates, validations): the latest ones
+TORCH_FIELDS = ("allocated", "reserved", "max_reserved")  # protocol fields gpu_<name>: torch.cuda.memory_<name>()
 CLOCK_SLACK_S = 1.0   # a trainer's timestamp may lead the monitor's read by this much (buffered writes, rounding)
 
 
@@ -131,6 +132,10 @@ class _Seen:
     seen_t: Optional[float]   # seconds since the sampler started; None: first seen after the process exited
 
 
+def _bytes(value) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 @dataclass
 class LiveMetrics:
     """Follows ``metrics.jsonl`` (and the log, for ``metrics_regex``) during the probe; :meth:`poll` after each
@@ -147,6 +152,7 @@ class LiveMetrics:
     last_step: Optional[int] = None
     found: dict[str, deque] = field(default_factory=dict)    # regex name -> (value, seen t, n-th), latest kept
     counts: dict[str, int] = field(default_factory=dict)     # regex name -> matches so far
+    torch: dict[str, int] = field(default_factory=dict)      # torch's GPU figures: name -> the largest reported
 
     def __post_init__(self) -> None:
         self._jsonl = _Lines(self.jsonl)
@@ -195,6 +201,11 @@ class LiveMetrics:
             self.last_step = step if self.last_step is None else max(self.last_step, step)
             if event["event"] in ("train", "val_end"):
                 (self.train_marks if event["event"] == "train" else self.val_marks).append((step, stamp))
+        if event["event"] in ("train", "val_end"):
+            for name in TORCH_FIELDS:  # torch's own GPU figures: the largest reported
+                value = event.get(f"gpu_{name}")
+                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                    self.torch[name] = max(self.torch.get(name, 0), value)
         if event["event"] == "train":
             for name in ("step_per_s", "samples_per_s"):
                 value = event.get(name)
@@ -202,7 +213,7 @@ class LiveMetrics:
                     self.rates.setdefault(name, deque(maxlen=MAX_VALUES)).append(float(value))
         elif event["event"] in ("val_end", "done"):
             # only what is read later: an event line may be up to a megabyte, and 10,000 of them are kept
-            keep = {k: event.get(k) for k in ("event", "step", "val_loss", "time")}
+            keep = {k: event.get(k) for k in ("event", "step", "val_loss", "time", "gpu_allocated")}
             artifact = event.get("artifact")
             if isinstance(artifact, str):
                 keep["artifact"] = artifact[:4096]
@@ -232,20 +243,21 @@ class LiveMetrics:
         return None, "none"
 
     def finish(self, timeline: list[tuple[float, int, Optional[int], Optional[int]]], end_t: float) -> Metrics:
-        """The probe's metrics; ``timeline`` rows are (t, tree rss, cgroup bytes, working set), one per sample;
+        """The probe's metrics; ``timeline`` rows are (t, tree rss, cgroup bytes, working set, GPU bytes on the
+        busiest device), one per sample (rows without the GPU column are read as having none);
         ``end_t`` is when the main process was reaped, on the same clock."""
         self._drain()
         times = [row[0] for row in timeline]
 
-        def memory(t: Optional[float], source: str) -> tuple[Optional[int], Optional[int], Optional[int]]:
+        def memory(t: Optional[float], source: str) -> tuple[Optional[int], ...]:
             if t is None:
-                return None, None, None
+                return None, None, None, None
             # A trainer's own time: the latest sample at or before it. A time seen: the poll that saw the line
             # follows the sample taken at t, which may already show what came after it (an exit's teardown, the
             # next step's allocations); the latest sample *before* t is the one certainly taken before the line
             # was written (the previous poll did not see it yet).
             i = (bisect.bisect_right(times, t + 1e-9) if source == "trainer" else bisect.bisect_left(times, t)) - 1
-            return timeline[i][1:4] if i >= 0 else (None, None, None)
+            return (tuple(timeline[i][1:5]) + (None,) * 4)[:4] if i >= 0 else (None, None, None, None)
 
         if self.events or self.rates or self.last_step is not None:
             return self._from_events(memory, end_t)
@@ -253,10 +265,10 @@ class LiveMetrics:
             return Metrics()
         points = []
         for value, seen_t, k in self.found.get("val_loss", []):
-            rss, cg, ws = memory(seen_t, "seen")
+            rss, cg, ws, gpu = memory(seen_t, "seen")
             points.append(ValPoint(step=k * (self.check_interval or 1), time=seen_t,
                                    time_source="seen" if seen_t is not None else "none", val_loss=value,
-                                   rss_bytes=rss, cgroup_bytes=cg, working_set_bytes=ws))
+                                   rss_bytes=rss, cgroup_bytes=cg, working_set_bytes=ws, gpu_bytes=gpu))
         return Metrics(source="regex", step_per_s=_rate([v for v, _, _ in self.found.get("step_per_s", [])]),
                        samples_per_s=_rate([v for v, _, _ in self.found.get("samples_per_s", [])]),
                        val_loss=points[-1].val_loss if points else None, val_points=points,
@@ -271,13 +283,14 @@ class LiveMetrics:
             if e["event"] != "val_end":
                 continue
             t, source = self._when(e, seen.seen_t, end_t)
-            rss, cg, ws = memory(t, source)
+            rss, cg, ws, gpu = memory(t, source)
             step = e.get("step")
             step = step if isinstance(step, int) else (len(points) + 1) * (self.check_interval or 1)
             val_loss = e.get("val_loss")
             points.append(ValPoint(step=step, time=None if t is None else round(t, 3), time_source=source,
                                    val_loss=val_loss if isinstance(val_loss, (int, float)) else None,
-                                   rss_bytes=rss, cgroup_bytes=cg, working_set_bytes=ws))
+                                   rss_bytes=rss, cgroup_bytes=cg, working_set_bytes=ws, gpu_bytes=gpu,
+                                   torch_allocated_bytes=_bytes(e.get("gpu_allocated"))))
         artifact = done[-1].get("artifact") if done else None
         steady, windows, cv = steady_rate(list(self.train_marks), list(self.val_marks))
         return Metrics(
@@ -288,4 +301,4 @@ class LiveMetrics:
             samples_per_s=_rate(list(self.rates.get("samples_per_s", []))),
             val_loss=points[-1].val_loss if points else None, val_points=points,
             artifact=artifact if isinstance(artifact, str) else None, skipped_lines=self.skipped,
-            unread_bytes=self.unread)
+            unread_bytes=self.unread, **{f"torch_{name}_bytes": value for name, value in self.torch.items()})

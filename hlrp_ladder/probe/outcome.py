@@ -40,7 +40,7 @@ def classify(status: int, stop_reason: Optional[str], oom_before: Optional[int],
              oom_counter: str, log_tail: list[str], *, host_wide: bool = False,
              victims: Optional[set[int]] = None, main_pid: Optional[int] = None) -> tuple[Outcome, Evidence]:
     """``status`` is ``os.waitstatus_to_exitcode``'s (negative: killed by that signal); ``stop_reason`` is
-    what the monitor did (``rss_breach``, ``timeout``, ``interrupted``) or None.
+    what the monitor did (``rss_breach``, ``gpu_breach``, ``timeout``, ``interrupted``) or None.
 
     ``host_wide``: the OOM-kill counter is the machine's (``/proc/vmstat``, no cgroup), so it counts every
     process on the host. Then it may only corroborate a SIGKILL of the main process; ``victims`` (the pids of
@@ -50,9 +50,10 @@ def classify(status: int, stop_reason: Optional[str], oom_before: Optional[int],
     ev = Evidence(exit_code=shell_exit_code(status), signal=_signal_name(status), oom_kills_before=oom_before,
                   oom_kills_after=oom_after, oom_counter=oom_counter or None)
     nonempty = [line for line in log_tail if line.strip()]
-    if stop_reason in ("interrupted", "rss_breach", "timeout"):
+    if stop_reason in ("interrupted", "rss_breach", "gpu_breach", "timeout"):
         ev.detail = {"interrupted": "stopped by the user (Ctrl-C); the tree was killed",
                      "rss_breach": "the monitor killed the tree when it crossed the soft limit",
+                     "gpu_breach": "the monitor killed the tree when its GPU memory crossed the GPU limit",
                      "timeout": "the probe ran past timeout_s: SIGTERM, then SIGKILL after the grace"}[stop_reason]
         ev.log_line = _last(nonempty[-5:], MEMORY_HINT) if stop_reason != "interrupted" else None
         return Outcome(stop_reason), ev

@@ -8,6 +8,7 @@ happens inside, the probe's cgroup is removed on the way out.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from hlrp_ladder.probe import cgroup as cgroups
+from hlrp_ladder.probe import gpu as gpus
 from hlrp_ladder.probe.folder import (ARGV, CSV_HEADER, LOG, MEMORY, METRICS, RESULT, RUNNING, PeakTracker, ProbeFolder,
                                       Sample)
 from hlrp_ladder.probe.kernel_log import KernelLog
@@ -40,18 +42,19 @@ class Ending:
     started_at: float
     exited_at: float
     status: int                              # os.waitstatus_to_exitcode's: negative = killed by that signal
-    stop_reason: Optional[str]               # what the monitor did: rss_breach | timeout | interrupted | None
+    stop_reason: Optional[str]               # what the monitor did: rss_breach | gpu_breach | timeout | interrupted
     oom_before: Optional[int]
     oom_after: Optional[int]
     oom_counter: str
     cgroup: Optional[cgroups.MemoryCgroup]
     cgroup_note: str
     peaks: Peaks
-    timeline: list                           # (t, rss, cgroup, working set) per sample
+    timeline: list                           # (t, rss, cgroup, working set, gpu) per sample
     end_t: float                             # when the main process was reaped, on the sampler's clock
     leftovers: int = 0                       # processes the tree left running, killed after the main one
     victims: Optional[set[int]] = None       # pids of the tree the kernel log names as OOM-killed
     main_pid: Optional[int] = None
+    gpu: gpus.GpuProbe = dataclasses.field(default_factory=gpus.GpuProbe)
 
 
 def _env_diff(request: ProbeRequest, metrics_path: Path, marker: str) -> dict[str, str]:
@@ -104,22 +107,33 @@ def run_probe(request: ProbeRequest, on_sample: Optional[OnSample] = None,
         raise FileExistsError(f"{folder / RESULT} exists: a probe folder is used once")
     marker = request.probe_id or uuid.uuid4().hex
     env_diff = _env_diff(request, folder / METRICS, marker)
-    write_json(folder / ARGV, {"argv": mask_argv(request.argv), "env": mask(env_diff), "cwd": request.cwd})
-
-    cg, cg_note = _cgroup(request)
+    # The GPUs first: a started MPS daemon carries the marker, so a resume after a dead runner stops it too.
+    write_json(folder / RUNNING, {"pid": None, "cgroup": None, "marker": marker, "orchestrator_pid": os.getpid()})
+    gpu_error = None
     try:
-        running = {"pid": None, "pgid": None, "create_time": None, "cgroup": str(cg) if cg else None,
-                   "marker": marker, "orchestrator_pid": os.getpid()}
-        write_json(folder / RUNNING, running)  # before the spawn: a crash from here on leaks nothing unknown
-        return _monitor(request, cg, cg_note, marker, env_diff, running, on_sample, should_stop)
+        gpu = gpus.prepare(request.gpu, {**os.environ, **env_diff}, {MARKER_ENV: marker})
+    except gpus.GpuConfigError as exc:
+        gpu, gpu_error = gpus.GpuProbe(), str(exc)
+    try:
+        env_diff.update(gpu.env)
+        write_json(folder / ARGV, {"argv": mask_argv(request.argv), "env": mask(env_diff), "cwd": request.cwd})
+        cg, cg_note = _cgroup(request)
+        try:
+            running = {"pid": None, "pgid": None, "create_time": None, "cgroup": str(cg) if cg else None,
+                       "marker": marker, "orchestrator_pid": os.getpid()}
+            write_json(folder / RUNNING, running)  # before the spawn: a crash from here on leaks nothing unknown
+            return _monitor(request, cg, cg_note, marker, env_diff, running, on_sample, should_stop, gpu, gpu_error)
+        finally:
+            if cg is not None:
+                cg.kill_all()
+                cg.remove()
     finally:
-        if cg is not None:
-            cg.kill_all()
-            cg.remove()
+        gpu.stop()
 
 
 def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dict, running: dict,
-             on_sample: Optional[OnSample], should_stop: Optional[ShouldStop]) -> ProbeRecord:
+             on_sample: Optional[OnSample], should_stop: Optional[ShouldStop], gpu: gpus.GpuProbe,
+             gpu_error: Optional[str]) -> ProbeRecord:
     folder = request.folder
     if request.cap_bytes is not None and cg is None:
         cg_note += "; the cap is NOT enforced"
@@ -131,12 +145,15 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
 
     started_at = time.time()
     try:
+        if gpu_error is not None:  # a GPU the spec needs is not there: nothing is started
+            raise OSError(gpu_error)
         # a shared (enclosing) cgroup already holds this runner, so its children too: nothing to join
         proc = spawn(request.argv, {**os.environ, **env_diff}, request.cwd, folder / LOG,
                      None if cg is None or cg.shared else cg, request.cpus)
     except (OSError, subprocess.SubprocessError) as exc:
         with open(folder / LOG, "a") as log:
-            log.write(f"hlrp-ladder: cannot start {request.argv[0]!r}: {getattr(exc, 'strerror', None) or exc}\n")
+            log.write(f"hlrp-ladder: {gpu_error}\n" if gpu_error is not None else
+                      f"hlrp-ladder: cannot start {request.argv[0]!r}: {getattr(exc, 'strerror', None) or exc}\n")
         if kernel_log is not None:
             kernel_log.close()
         return _finish(request, LiveMetrics(folder / METRICS, folder / LOG, request.metrics_regex, started_at,
@@ -144,7 +161,7 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
                        Ending(started_at, time.time(), 127, None, None, None, oom_counter, cg, cg_note, Peaks(), [],
                               0.0))
     pgid = proc.pid
-    sampler = TreeSampler(proc.pid, cg, with_pss=request.metric == "pss")
+    sampler = TreeSampler(proc.pid, cg, with_pss=request.metric == "pss", gpu=gpu.reader)
     live = LiveMetrics(folder / METRICS, folder / LOG, request.metrics_regex, sampler.start_wall,
                        request.check_interval)
     seen_pids: set[int] = {proc.pid}
@@ -156,7 +173,7 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
 
     tracker = PeakTracker()
     peaks = tracker.peaks
-    timeline: list[tuple[float, int, Optional[int], Optional[int]]] = []
+    timeline: list[tuple[float, int, Optional[int], Optional[int], Optional[int]]] = []
     stopper = _Stopper()
     status = exited_at = None
     flushed_at = 0.0
@@ -180,7 +197,7 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
             if sample.t - flushed_at >= CSV_FLUSH_S:  # readers (the live view, status) see it within this long
                 csv.flush()
                 flushed_at = sample.t
-            timeline.append((sample.t, sample.rss, sample.cgroup, sample.working_set))
+            timeline.append((sample.t, sample.rss, sample.cgroup, sample.working_set, sample.gpu))
             live.poll(sample.t)
             tracker.add(sample)
             measured = sample.pss if request.metric == "pss" else sample.rss
@@ -188,6 +205,8 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
                 stopper.stop("interrupted", request.stop_grace_s, kill)
             elif measured is not None and measured > request.rss_limit_bytes:
                 stopper.stop("rss_breach", 0, kill)
+            elif gpu.limit_bytes is not None and sample.gpu is not None and sample.gpu > gpu.limit_bytes:
+                stopper.stop("gpu_breach", 0, kill)
             elif request.timeout_s is not None and sample.t > request.timeout_s:
                 stopper.stop("timeout", request.kill_grace_s, kill)
             stopper.escalate(kill)
@@ -228,9 +247,12 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
     if peaks.kernel_bytes is None and peaks.vmhwm_bytes:
         # wait4's ru_maxrss: the max VmHWM of the main process and the descendants it reaped.
         peaks.kernel_bytes, peaks.kernel_source = peaks.vmhwm_bytes, "VmHWM (wait4 ru_maxrss, largest process)"
+    if gpu.reader is not None:
+        peaks.gpu_devices = {str(k): v for k, v in sorted(gpu.reader.peaks.items())}
+        peaks.gpu_source = gpu.reader.source()
     return _finish(request, live, Ending(started_at, exited_at, status, stopper.reason, oom_before, oom_after,
                                          oom_counter, cg, cg_note, peaks, timeline, exited_at - sampler.start_wall,
-                                         leftovers, victims, proc.pid))
+                                         leftovers, victims, proc.pid, gpu))
 
 
 def _reap(pid: int) -> None:
@@ -261,8 +283,9 @@ def _finish(request: ProbeRequest, live: LiveMetrics, end: Ending) -> ProbeRecor
         batch_size=request.batch_size, phase=request.phase, repeat=request.repeat, retry=request.retry,
         variant=request.variant, attempt=request.attempt, folder=folder.name,
         outcome=outcome, evidence=evidence, peaks=end.peaks,
-        limits=Limits(metric=request.metric, rss_limit_bytes=request.rss_limit_bytes, cap_bytes=request.cap_bytes,
-                      cgroup=str(end.cgroup) if end.cgroup else None, cgroup_note=end.cgroup_note),
+        limits=end.gpu.record(Limits(metric=request.metric, rss_limit_bytes=request.rss_limit_bytes,
+                                     cap_bytes=request.cap_bytes, cgroup=str(end.cgroup) if end.cgroup else None,
+                                     cgroup_note=end.cgroup_note)),
         metrics=metrics, started_at=end.started_at, ended_at=end.exited_at,
         argv=mask_argv(request.argv))
     folder.write_record_once(record)

@@ -1,4 +1,5 @@
-"""Samples a probe's whole process tree: summed RSS (and PSS), process count, cgroup usage and working set."""
+"""Samples a probe's whole process tree: summed RSS (and PSS), process count, cgroup usage and working set, and
+its GPU memory on its busiest device (``probe.gpu``)."""
 from __future__ import annotations
 
 import os
@@ -9,36 +10,9 @@ import psutil
 
 from hlrp_ladder.probe.cgroup import MemoryCgroup, working_set
 from hlrp_ladder.probe.folder import Sample
+from hlrp_ladder.probe.gpu import GpuReader
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-class GpuReader:
-    """GPU memory per process through NVML (nvidia-ml-py), when it and a GPU are there; otherwise inert."""
-
-    def __init__(self) -> None:
-        self.nvml = None
-        self.handles: list = []
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
-            self.nvml = pynvml
-        except Exception:  # no library, no driver, no GPU: nothing to read
-            self.handles = []
-
-    def used_by(self, pids) -> Optional[int]:
-        if not self.handles:
-            return None
-        total = 0
-        for handle in self.handles:
-            try:
-                procs = self.nvml.nvmlDeviceGetComputeRunningProcesses(handle)
-            except Exception:
-                continue
-            total += sum(p.usedGpuMemory or 0 for p in procs if p.pid in pids)
-        return total
 
 
 class _OpenFiles:
@@ -87,7 +61,8 @@ class TreeSampler:
     members' memory and the cgroup's charge are read every sample. A worker forked between refreshes is
     counted from the next one; the kernel's peak and cap miss nothing."""
 
-    def __init__(self, root_pid: int, cgroup: Optional[MemoryCgroup], with_pss: bool, scan_every_s: float = 1.0):
+    def __init__(self, root_pid: int, cgroup: Optional[MemoryCgroup], with_pss: bool, scan_every_s: float = 1.0,
+                 gpu: Optional[GpuReader] = None):
         self.root_pid, self.cgroup, self.with_pss = root_pid, cgroup, with_pss
         self.root = psutil.Process(root_pid)
         self.known: dict[int, psutil.Process] = {root_pid: self.root}
@@ -95,7 +70,7 @@ class TreeSampler:
         self.start_wall = time.time()  # what sample.t counts from, on the clock the trainer's events use
         self.scan_every_s, self.last_scan, self.gap = scan_every_s, float("-inf"), 0.1
         self.files = _OpenFiles()
-        self.gpu = GpuReader()
+        self.gpu = gpu
 
     def refresh(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -137,7 +112,7 @@ class TreeSampler:
                 ws = working_set(usage, self.files.read(str(self.cgroup.stat_file)), self.cgroup.inactive_file_key)
             except (OSError, ValueError):
                 pass
-        gpu = self.gpu.used_by(self.known.keys()) if self.gpu.handles else None
+        gpu = self.gpu.read(self.known.keys()) if self.gpu is not None else None
         return Sample(time.monotonic() - self.start, rss, pss if self.with_pss else None, n, usage, gpu, ws)
 
     def close(self) -> None:

@@ -33,7 +33,27 @@ def _limits_text(view: RunView) -> str:
         parts.append(f"- no cgroup: {lim.cgroup_note}; the kernel peak is the largest process's VmHWM.")
     parts.append("- RSS counts shared-library pages already in the page cache, which a cgroup does not charge: "
                  "the sampled RSS peak can exceed the kernel (cgroup) peak, and a cap is not an RSS limit.")
+    parts += _gpu_limits(view)
     return "\n".join(parts)
+
+
+def _gpu_limits(view: RunView) -> list[str]:
+    """The GPU's limits as the probes' nodes resolved them, and how its memory was read (or why it was not)."""
+    judged = [r for r in view.records if r.gpu_judged]
+    if not judged:
+        notes = {r.limits.gpu_note for r in view.records if r.limits.gpu_note}
+        return [f"- GPU: {'; '.join(sorted(notes))}."] if notes else []
+    lim, g = judged[-1].limits, view.spec.memory.gpu
+    limit_text = f"`memory.gpu.limit: {g.limit}`" if g is not None else "the default 90 %"
+    parts = [f"- GPU limit: {gib(lim.gpu_limit_bytes, 1)} per device ({limit_text} of "
+             f"{'the emulated ' + gib(lim.gpu_cap_bytes, 1) + ' GPU' if lim.gpu_cap_bytes else gib(lim.gpu_total_bytes, 1)}"
+             f"; devices: {', '.join(lim.gpu_devices)}), on the tree's GPU memory on its busiest device; crossing it "
+             f"kills the tree (`gpu_breach`). Headroom at the pick: {view.plan.gpu_headroom or 'none'}. Read through "
+             f"{', '.join(sorted({r.peaks.gpu_source for r in judged if r.peaks.gpu_source})) or 'NVML'}."]
+    if lim.gpu_cap_bytes:
+        parts.append(f"- emulated GPU: {gib(lim.gpu_cap_bytes, 1)} held by `{lim.gpu_cap_mechanism}`, covering "
+                     f"{lim.gpu_cap_covers}.")
+    return parts
 
 
 def _warmup_text(view: RunView) -> str:

@@ -31,10 +31,11 @@ class InFlight:
 
 
 class Flight:
-    """The probes in flight on an executor's ``slots`` (locally each slot has its own ``cores``)."""
+    """The probes in flight on an executor's ``slots`` (locally each slot has its own ``cores`` and ``gpus``)."""
 
-    def __init__(self, executor: Executor, slots: int, cores: Optional[list[list[int]]], view: LiveView):
-        self.executor, self.slots, self.cores, self.view = executor, slots, cores, view
+    def __init__(self, executor: Executor, slots: int, cores: Optional[list[list[int]]], view: LiveView,
+                 gpus: Optional[list[list[int]]] = None):
+        self.executor, self.slots, self.cores, self.view, self.gpus = executor, slots, cores, view, gpus
         self.slots_in_use: list[InFlight] = []
 
     def __bool__(self) -> bool:
@@ -63,6 +64,10 @@ class Flight:
 
     def cores_of(self, index: int) -> Optional[list[int]]:
         return self.cores[index] if self.cores else None
+
+    def gpus_of(self, index: int) -> Optional[list[int]]:
+        """The slot's own GPUs (None: the executor hands out none; the probe sees what its node shows it)."""
+        return self.gpus[index] if self.gpus else None
 
     def submit(self, tag: Any, index: int, request: ProbeRequest) -> None:
         self.view.start(request)

@@ -15,7 +15,7 @@ from hlrp_ladder.run.session import (RunResult, drive, interrupted, open_run, pr
 from hlrp_ladder.run.store import RunStore, probe_folder_name
 from hlrp_ladder.search import forecast
 from hlrp_ladder.search.schedule import schedule
-from hlrp_ladder.search.state import Plan, Rung, latest, warmup_cap
+from hlrp_ladder.search.state import Plan, Rung, gpu_headroom, latest, warmup_cap
 from hlrp_ladder.search.decide import verdict as judge
 from hlrp_ladder.search.words import probe_clause
 from hlrp_ladder.spec.model import Spec
@@ -44,26 +44,33 @@ def with_forecast(spec: Spec, plan: Plan, rec: ProbeRecord) -> ProbeRecord:
     if rec.phase != Phase.stress or spec.stress is None or rec.outcome != Outcome.ok:
         return rec
     night = spec.overnight
-    rec.forecast = forecast.assess(
-        rec, cycle_steps=spec.stress.check_interval, warmup=spec.forecast.warmup_cycles,
-        long_run_steps=long_run_steps(spec, rec), long_run_interval=night.check_interval if night else 1,
-        limit_bytes=plan.limit_bytes, limit_name=plan.limit_name, headroom_bytes=plan.headroom_bytes)
-    if rec.forecast.fits is False:
+    common = dict(cycle_steps=spec.stress.check_interval, warmup=spec.forecast.warmup_cycles,
+                  long_run_steps=long_run_steps(spec, rec), long_run_interval=night.check_interval if night else 1)
+    rec.forecast = forecast.assess(rec, limit_bytes=plan.limit_bytes, limit_name=plan.limit_name,
+                                   headroom_bytes=plan.headroom_bytes, **common)
+    if rec.gpu_judged:  # the GPU's own forecast, against the GPU limit its node resolved
+        rec.gpu_forecast = forecast.assess(rec, limit_bytes=rec.limits.gpu_fit_bytes, limit_name="GPU limit",
+                                           headroom_bytes=gpu_headroom(plan, rec), gpu=True, **common)
+    failing = [fc for fc in (rec.gpu_forecast, rec.forecast) if fc is not None and fc.fits is False]
+    if failing:
         rec.outcome = Outcome.forecast_oom
-        rec.evidence.detail = f"survived the stress probe, but {rec.forecast.reason}"
+        rec.evidence.detail = f"survived the stress probe, but {failing[0].reason}"
     return rec
 
 
-def rung_request(spec: Spec, plan: Plan, store: RunStore, rung: Rung, cpus: Optional[list[int]] = None) -> ProbeRequest:
+def rung_request(spec: Spec, plan: Plan, store: RunStore, rung: Rung, cpus: Optional[list[int]] = None,
+                 gpus: Optional[list[int]] = None) -> ProbeRequest:
     """The probe a rung runs, with the limits the run resolved when it started (``plan``)."""
     recipe = spec.recipe(rung.phase)
     return probe_request(spec, plan, store, probe_folder_name(rung.batch_size, rung.phase, rung.repeat, rung.retry),
                          batch_size=rung.batch_size, phase=rung.phase, repeat=rung.repeat, retry=rung.retry,
                          argv=spec.argv(rung.batch_size, recipe), env=dict(spec.env),
-                         timeout_s=spec.timeout(rung.phase), check_interval=recipe.check_interval, cpus=cpus)
+                         timeout_s=spec.timeout(rung.phase), check_interval=recipe.check_interval, cpus=cpus,
+                         gpus=gpus)
 
 
-def warmup_request(spec: Spec, plan: Plan, store: RunStore, cpus: Optional[list[int]]) -> ProbeRequest:
+def warmup_request(spec: Spec, plan: Plan, store: RunStore, cpus: Optional[list[int]],
+                   gpus: Optional[list[int]] = None) -> ProbeRequest:
     """The warm-up: the first rung for a few steps and one validation (when the recipe's keys let us say so), in
     ``warmup/``, outside the ladder's records, under twice the cap (``warmup_cap``)."""
     bs = min(spec.batch_sizes)
@@ -71,7 +78,7 @@ def warmup_request(spec: Spec, plan: Plan, store: RunStore, cpus: Optional[list[
                    limit_batches=1, keys=spec.probe.keys)
     return probe_request(spec, plan, store, WARMUP, batch_size=bs, phase=Phase.warmup, argv=spec.argv(bs, short),
                          env=dict(spec.env), timeout_s=spec.timeout(Phase.ladder), check_interval=5,
-                         cap_bytes=warmup_cap(plan), cpus=cpus)
+                         cap_bytes=warmup_cap(plan), cpus=cpus, gpus=gpus)
 
 
 def run_warmup(spec: Spec, plan: Plan, store: RunStore, flight: Flight, view: LiveView, stop: StopFlag) -> None:
@@ -81,7 +88,7 @@ def run_warmup(spec: Spec, plan: Plan, store: RunStore, flight: Flight, view: Li
                      f"{record.duration_s:.0f} s; the page cache now holds what the probes read in")
         return record
 
-    flight.submit(WARMUP, 0, warmup_request(spec, plan, store, flight.cores_of(0)))
+    flight.submit(WARMUP, 0, warmup_request(spec, plan, store, flight.cores_of(0), flight.gpus_of(0)))
     drive(flight, stop, collect, lambda: None)
 
 
@@ -109,7 +116,8 @@ def _run(spec: Spec, executor: executors.Executor, view: LiveView, resume: Optio
     records = [with_forecast(spec, plan, r) if r.forecast is None else r for r in loaded.records]
     for rec in latest(records).values():
         view.message(f"resume: {probe_clause(rec)} (kept from {rec.folder})")
-    flight = Flight(executor, spec.executor.max_parallel, executor.slot_cores(spec.executor), view)
+    flight = Flight(executor, spec.executor.max_parallel, executor.slot_cores(spec.executor), view,
+                    executor.slot_gpus(spec.executor))
     for handle in reattached:
         flight.adopt(_rung(handle.request), handle)
 
@@ -131,7 +139,8 @@ def _run(spec: Spec, executor: executors.Executor, view: LiveView, resume: Optio
         for rung in now.cancel:
             flight.cancel(rung)
         for rung, index in zip(now.start, flight.free()):
-            flight.submit(rung, index, rung_request(spec, plan, store, rung, flight.cores_of(index)))
+            flight.submit(rung, index, rung_request(spec, plan, store, rung, flight.cores_of(index),
+                                                    flight.gpus_of(index)))
 
     try:
         with StopFlag() as stop:

@@ -29,6 +29,10 @@ def _measured(request: ProbeRequest, sample: Optional[Sample]) -> tuple[str, int
     return "rss", sample.rss
 
 
+def _gpu_now(sample: Optional[Sample]) -> str:
+    return "" if sample is None or sample.gpu is None else f", GPU {gib(sample.gpu, 1)}"
+
+
 def _variant(variant: Optional[str], repeat: int) -> str:
     """'fast r2 ' for a compare run, 'fast warm-up ' for its warm-up, '' for a ladder's probe."""
     return "" if not variant else f"{variant} r{repeat} " if repeat else f"{variant} warm-up "
@@ -75,7 +79,7 @@ class LiveView:
                           f"{0 if sample is None else sample.t:6.1f} s",
                           ProgressBar(total=request.rss_limit_bytes, completed=min(used, request.rss_limit_bytes),
                                       width=30),
-                          f"{label} {gib(used)} / {gib(request.rss_limit_bytes)}{cap}",
+                          f"{label} {gib(used)} / {gib(request.rss_limit_bytes)}{cap}{_gpu_now(sample)}",
                           f"procs {0 if sample is None else sample.n_procs}")
         return table
 
@@ -89,7 +93,8 @@ class LiveView:
         elif time.monotonic() - plain >= PLAIN_EVERY_S:
             self.rows[request.folder] = (request, sample, time.monotonic())
             label, used = _measured(request, sample)
-            self.message(f"{_who(request)}: {sample.t:.0f} s, {label} {gib(used)}, {sample.n_procs} procs")
+            self.message(f"{_who(request)}: {sample.t:.0f} s, {label} {gib(used)}{_gpu_now(sample)}, "
+                         f"{sample.n_procs} procs")
 
     def close(self) -> None:
         """Stop the live table (its rows are gone: the probes were abandoned), giving the terminal back."""

@@ -13,13 +13,14 @@ from typing import Callable, Optional
 from hlrp_ladder.executors.core import Executor, Handle
 from hlrp_ladder.probe.cgroup import safe_name
 from hlrp_ladder.probe.folder import probe_id
-from hlrp_ladder.records import Phase, ProbeRecord, ProbeRequest
+from hlrp_ladder.records import GpuRequest, Phase, ProbeRecord, ProbeRequest
 from hlrp_ladder.run.flight import POLL_S, Flight, InFlight
 from hlrp_ladder.run.live import LiveView
 from hlrp_ladder.run.store import RunStore, StoreError
 from hlrp_ladder.search import plan as plans
 from hlrp_ladder.search.state import EXIT_INTERRUPTED, EXIT_NO_SPACE, Plan, Verdict
 from hlrp_ladder.spec.model import Spec
+from hlrp_ladder.spec.sections import GpuMemory
 from hlrp_ladder.util import sizes
 from hlrp_ladder.util.files import DiskFull, as_disk_full, no_space
 from hlrp_ladder.util.signals import StopFlag
@@ -102,7 +103,8 @@ def probe_request(spec: Spec, plan: Plan, store: RunStore, folder: str, *, batch
                   argv: list[str], env: dict[str, str], timeout_s: Optional[float], check_interval: int,
                   cap_bytes: Optional[int] = None, repeat: int = 0, retry: int = 0, variant: Optional[str] = None,
                   cpus: Optional[list[int]] = None, kill_grace_s: Optional[float] = None, stop_grace_s: float = 0.0,
-                  expected_s: Optional[float] = None, set_aside: bool = True) -> ProbeRequest:
+                  expected_s: Optional[float] = None, set_aside: bool = True,
+                  gpus: Optional[list[int]] = None) -> ProbeRequest:
     """The one place a probe request is made: the run's limits (``plan``, resolved when it started; ``cap_bytes``
     defaults to the plan's), the spec's sampling and regexes, the probe's folder in the run — a folder left by a
     cancelled or interrupted try of the same probe is set aside first (unless ``set_aside`` is False: a request
@@ -117,7 +119,18 @@ def probe_request(spec: Spec, plan: Plan, store: RunStore, folder: str, *, batch
         kill_grace_s=spec.kill_grace_s if kill_grace_s is None else kill_grace_s, stop_grace_s=stop_grace_s,
         cgroup_name=safe_name(f"{spec.name}-{store.root.name}-{folder}"),
         probe_id=probe_id(spec.name, store.root.name, folder), check_interval=check_interval,
-        metrics_regex=spec.metrics_regex, cpus=cpus, expected_s=expected_s)
+        metrics_regex=spec.metrics_regex, cpus=cpus, expected_s=expected_s, gpu=gpu_request(spec, gpus))
+
+
+def gpu_request(spec: Spec, devices: Optional[list[int]]) -> GpuRequest:
+    """GPU memory for a probe as the spec says it: judged wherever the probe sees a GPU (with the defaults when
+    the spec has no memory.gpu section; required when it has one). ``devices``: the slot's own GPUs, locally;
+    ``count``: how many to ask a scheduler for (``executor.gpus_per_probe``; on SLURM 1 by default where the
+    spec has memory.gpu)."""
+    g = spec.memory.gpu or GpuMemory()
+    asked = spec.executor.gpus_per_probe
+    count = len(devices) if devices is not None else (asked if asked is not None else int(spec.memory.gpu is not None))
+    return GpuRequest(limit=g.limit, cap=g.cap, required=spec.memory.gpu is not None, devices=devices, count=count)
 
 
 def drive(flight: Flight, stop: StopFlag, collect: Collect, step: Callable[[], None]) -> bool:

@@ -8,11 +8,12 @@ The policy's public surface is re-exported here.
 """
 from hlrp_ladder.records import SEARCH_PHASES
 from hlrp_ladder.search.state import (EXIT_BLOCKED, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED, EXIT_NO_SPACE, EXIT_NO_STABLE,
-                                      EXIT_PICK, EXIT_USAGE, Plan, Rung, Verdict, attempts, fit_peak, latest, rung_key,
-                                      warmup_cap)
+                                      EXIT_PICK, EXIT_USAGE, Plan, Rung, Verdict, attempts, failed_on, fit_peak,
+                                      gpu_peak, latest, rung_key, warmup_cap)
 from hlrp_ladder.search.decide import next_rung, replay, verdict
 from hlrp_ladder.search.words import probe_clause
 
 __all__ = ["EXIT_BLOCKED", "EXIT_INCONCLUSIVE", "EXIT_INTERRUPTED", "EXIT_NO_SPACE", "EXIT_NO_STABLE", "EXIT_PICK", "EXIT_USAGE",
-           "Plan", "Rung", "SEARCH_PHASES", "Verdict", "attempts", "fit_peak", "latest", "next_rung",
+           "Plan", "Rung", "SEARCH_PHASES", "Verdict", "attempts", "failed_on", "fit_peak", "gpu_peak", "latest",
+           "next_rung",
            "probe_clause", "replay", "rung_key", "verdict", "warmup_cap"]

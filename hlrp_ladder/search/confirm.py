@@ -12,20 +12,36 @@ from typing import Optional
 
 from hlrp_ladder.records import SEARCH_PHASES, Phase, ProbeRecord
 from hlrp_ladder.search.boundary import Search
-from hlrp_ladder.search.state import Key, Plan, Rung, fit_peak, standing
+from hlrp_ladder.search.state import Key, Plan, Rung, fit_peak, gpu_headroom, gpu_peak, standing
 from hlrp_ladder.search.words import probe_clause
 from hlrp_ladder.util.sizes import gib
 
 
 def _headroom_problem(plan: Plan, rec: ProbeRecord) -> Optional[str]:
+    """Why a passing record leaves too little free, on the host or on its busiest GPU; None when it leaves enough."""
+    what = "" if rec.phase in SEARCH_PHASES else f" {rec.phase}"
+    gpu_limit, gpu = rec.limits.gpu_fit_bytes, gpu_peak(rec)
+    if gpu_limit is not None and gpu is not None:
+        room = gpu_headroom(plan, rec)
+        if room and gpu + room > gpu_limit:
+            return (f"bs={rec.batch_size}{what} GPU peak {gib(gpu)} leaves {gib(max(0, gpu_limit - gpu))} free under "
+                    f"the {gib(gpu_limit)} GPU limit, less than the {gib(room)} GPU headroom")
     if plan.limit_bytes is None or not plan.headroom_bytes:
         return None
     peak = fit_peak(rec)
     if peak + plan.headroom_bytes <= plan.limit_bytes:
         return None
-    what = "" if rec.phase in SEARCH_PHASES else f" {rec.phase}"
     return (f"bs={rec.batch_size}{what} peak {gib(peak)} leaves {gib(max(0, plan.limit_bytes - peak))} free under "
             f"the {gib(plan.limit_bytes)} {plan.limit_name}, less than the {gib(plan.headroom_bytes)} headroom")
+
+
+def _unjudged(rec: ProbeRecord) -> Optional[str]:
+    """Why a passing record cannot confirm a pick: it ran on a GPU whose memory could not be read (a pick must
+    never rest on host memory alone there)."""
+    if rec.gpu_judged and gpu_peak(rec) is None:
+        return (f"{probe_clause(rec)}, but its GPU memory could not be read "
+                f"({rec.peaks.gpu_source or 'no GPU sample'}): no verdict on the GPU")
+    return None
 
 
 @dataclass(frozen=True)
@@ -55,14 +71,19 @@ def candidate(plan: Plan, tries: dict[Key, list[ProbeRecord]], bs: int) -> Candi
             return Candidate("inconclusive", reason=probe_clause(st.record), record=st.record)
         if st.state == "memory":
             return Candidate("rejected", reason=probe_clause(st.record), record=st.record)
+        unjudged = _unjudged(st.record)
+        if unjudged:
+            return Candidate("inconclusive", reason=unjudged, record=st.record)
         if key[0] == "stress":
             problem = _headroom_problem(plan, st.record)
             if problem:
                 return Candidate("rejected", reason=problem, record=st.record)
-            fc = st.record.forecast
-            if plan.forecast_required and (fc is None or fc.fits is None):
-                why = fc.reason if fc is not None else "no growth forecast was made"
-                return Candidate("inconclusive", reason=f"{probe_clause(st.record)}, but {why}", record=st.record)
+            for fc, what in ((st.record.forecast, ""), (st.record.gpu_forecast, "GPU ")):
+                if what and not st.record.gpu_judged:
+                    continue
+                if plan.forecast_required and (fc is None or fc.fits is None):
+                    why = fc.reason if fc is not None else f"no {what}growth forecast was made"
+                    return Candidate("inconclusive", reason=f"{probe_clause(st.record)}, but {why}", record=st.record)
             return Candidate("accepted", record=st.record)
         one_vals.append(st.record)
         if len(one_vals) == plan.repeats:

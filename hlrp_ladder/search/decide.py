@@ -139,6 +139,6 @@ def _inconclusive(plan: Plan, what: str, rec: ProbeRecord, passed: Optional[int]
 
 
 def _forecast_clause(rec: Optional[ProbeRecord]) -> str:
-    if rec is None or rec.forecast is None:
+    if rec is None:
         return ""
-    return f", {rec.forecast.reason}"
+    return "".join(f", {fc.reason}" for fc in (rec.forecast, rec.gpu_forecast) if fc is not None)

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 from hlrp_ladder.records import Forecast, ProbeRecord, ValPoint
 from hlrp_ladder.search import stats
-from hlrp_ladder.search.state import fit_peak
+from hlrp_ladder.search.state import fit_peak, gpu_peak
 from hlrp_ladder.util.sizes import gib
 
 MIB = 2**20
@@ -67,13 +67,16 @@ def fit_growth(points: Sequence[tuple[int, int]], cycle_steps: int, warmup: int 
 
 
 def point_bytes(point: ValPoint, domain: str) -> Optional[int]:
-    """A validation end's memory in the forecast's ``domain`` (rss | cgroup | working set)."""
-    return {"rss": point.rss_bytes, "cgroup": point.cgroup_bytes, "working set": point.working_set_bytes}[domain]
+    """A validation end's memory in the forecast's ``domain`` (rss | cgroup | working set | gpu)."""
+    return {"rss": point.rss_bytes, "cgroup": point.cgroup_bytes, "working set": point.working_set_bytes,
+            "gpu": point.gpu_bytes}[domain]
 
 
 def assess(rec: ProbeRecord, *, cycle_steps: int, warmup: int, long_run_steps: Optional[int],
-           long_run_interval: int, limit_bytes: Optional[int], limit_name: str, headroom_bytes: int) -> Forecast:
+           long_run_interval: int, limit_bytes: Optional[int], limit_name: str, headroom_bytes: int,
+           gpu: bool = False) -> Forecast:
     """A stress record's :class:`~hlrp_ladder.records.Forecast`: fit, both extrapolations, and whether it fits.
+    ``gpu``: of the GPU memory on the tree's busiest device at each validation end, against the GPU limit.
 
     Only validation ends with a known memory reading count (see ``ValPoint.time_source``): a point whose time
     is unknown has no memory beside it, and too few known points make the forecast ``insufficient`` (never a
@@ -83,10 +86,24 @@ def assess(rec: ProbeRecord, *, cycle_steps: int, warmup: int, long_run_steps: O
     if (domain == "cgroup" and rec.peaks.working_set_sampled_bytes is not None
             and all(p.working_set_bytes is not None for p in vals if p.cgroup_bytes is not None)):
         domain = "working set"  # as fit_peak judges: page cache (a log, a checkpoint written) is no leak
+    if gpu:
+        domain = "gpu"
+    what = "GPU " if gpu else ""
     points = [(p.step, point_bytes(p, domain)) for p in vals]
     points = [(s, b) for s, b in points if b is not None]
     fit = fit_growth(points, cycle_steps, warmup)
-    peak = fit_peak(rec, "working set" if domain == "working set" else "charge")
+    source = ""
+    if gpu:
+        # NVML shows what torch's caching allocator reserved, which stays flat while a leak fills the cache's
+        # free blocks (measured on the H200: a 12 MiB-per-step leak, reserved flat at 11.04 GB over 40 steps,
+        # allocated +60 MiB per validation). Where the trainer reports torch's allocated memory, its growth counts
+        # too: once the cache is used up, reserved grows at least as fast.
+        alloc = [(p.step, p.torch_allocated_bytes) for p in vals if p.torch_allocated_bytes is not None]
+        inner = fit_growth(alloc, cycle_steps, warmup) if len(alloc) >= 2 else None
+        if inner is not None and inner.kind == "growth" and (fit.kind != "growth"
+                                                            or inner.slope_per_step > fit.slope_per_step):
+            fit, source = inner, " of torch's allocated memory (the GPU's reserved memory hides it until torch's cache is used up)"
+    peak = (gpu_peak(rec) or 0) if gpu else fit_peak(rec, "working set" if domain == "working set" else "charge")
     observed_steps = rec.metrics.last_step or 0
     out = Forecast(kind=fit.kind, domain=domain, slope_mib_per_cycle=round(fit.slope_per_cycle / MIB, 2),
                    slope_mib_per_step=round(fit.slope_per_step / MIB, 4),
@@ -104,10 +121,11 @@ def assess(rec: ProbeRecord, *, cycle_steps: int, warmup: int, long_run_steps: O
         elif not vals:
             why += ("; the probe reported no validation (metrics protocol val_end events, or "
                     "metrics_regex.val_loss for a trainer that does not speak it)")
-        out.reason = f"growth cannot be forecast: {why}"
+        out.reason = f"{what}growth cannot be forecast: {why}"
         return out
-    growth = (f"+{out.slope_mib_per_cycle:.0f} MiB per validation" if fit.kind == "growth" else
-              f"memory plateau (raw {out.raw_slope_mib_per_cycle:+.0f} MiB per validation is within the scatter)")
+    growth = (f"{what}+{out.slope_mib_per_cycle:.0f} MiB per validation{source}" if fit.kind == "growth" else
+              f"{what}memory plateau (raw {out.raw_slope_mib_per_cycle:+.0f} MiB per validation is within the "
+              f"scatter)")
     if long_run_steps is None:
         out.kind = "no_long_run"
         out.reason = f"{growth}; no overnight length to extrapolate to"
@@ -124,7 +142,8 @@ def assess(rec: ProbeRecord, *, cycle_steps: int, warmup: int, long_run_steps: O
         claim = f"{growth} -> {gib(predicted)} after {cycles} cycles"
         other = f"per step: {gib(per_step)} after {long_run_steps} steps"
     else:
-        claim = f"+{out.slope_mib_per_step:.2f} MiB per step -> {gib(predicted)} after {long_run_steps} steps"
+        claim = (f"{what}+{out.slope_mib_per_step:.2f} MiB per step{source} -> {gib(predicted)} after "
+                 f"{long_run_steps} steps")
         other = f"per validation: {gib(per_validation)} after {cycles} cycles"
     if limit_bytes is None:
         out.reason = claim

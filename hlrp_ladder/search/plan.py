@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from hlrp_ladder.search.state import Plan
 from hlrp_ladder.spec.model import Spec
+from hlrp_ladder.spec.sections import GpuMemory
 
 
 def resolve(spec: Spec, total: int) -> Plan:
@@ -21,4 +22,5 @@ def resolve(spec: Spec, total: int) -> Plan:
                 forecast_required=night is not None and bool(night.max_steps or night.hours),
                 limit_bytes=limit, limit_name=name, headroom_bytes=memory.headroom_bytes(total),
                 rss_limit_bytes=memory.rss_limit_bytes(total), cap_bytes=memory.cap_bytes(total),
-                stress_weight=round(spec.stress.max_steps / spec.probe.max_steps, 2) if spec.stress else 6.0)
+                stress_weight=round(spec.stress.max_steps / spec.probe.max_steps, 2) if spec.stress else 6.0,
+                gpu_headroom=(spec.memory.gpu or GpuMemory()).headroom)

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Iterable, Optional
 
 from hlrp_ladder.records import SEARCH_PHASES, Outcome, Phase, ProbeRecord
+from hlrp_ladder.util import sizes
 
 EXIT_PICK, EXIT_USAGE, EXIT_NO_STABLE, EXIT_BLOCKED, EXIT_INCONCLUSIVE, EXIT_NO_SPACE, EXIT_INTERRUPTED = \
     0, 2, 3, 4, 5, 6, 130
@@ -37,6 +38,8 @@ class Plan:
     rss_limit_bytes: Optional[int] = None
     cap_bytes: Optional[int] = None
     stress_weight: float = 6.0       # how much longer a stress probe runs than a one-val one (for scheduling)
+    gpu_headroom: Optional[str] = "2GiB"  # memory.gpu.headroom, as written: a size, or a % of each record's GPU
+                                     # limit (GPU limits resolve on the node a probe ran on: see Limits)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -126,6 +129,33 @@ def standing(plan: Plan, tries: list[ProbeRecord]) -> Standing:
     if failed <= plan.retries:
         return Standing("retry", last, failed)
     return Standing("inconclusive", last)
+
+
+GPU_FAILURES = (Outcome.cuda_oom, Outcome.gpu_breach)
+
+
+def failed_on(rec: ProbeRecord) -> Optional[str]:
+    """Which memory a memory verdict says ran out: "gpu" (cuda_oom, gpu_breach, a GPU forecast), "host" (the
+    kernel's kills, the soft limit, a host forecast), None for a record that is no memory verdict."""
+    if not rec.outcome.is_memory_verdict:
+        return None
+    if rec.outcome in GPU_FAILURES:
+        return "gpu"
+    if rec.outcome == Outcome.forecast_oom and rec.gpu_forecast is not None and rec.gpu_forecast.fits is False:
+        return "gpu"
+    return "host"
+
+
+def gpu_peak(rec: ProbeRecord) -> Optional[int]:
+    """The GPU peak a record is judged by: the tree's memory on its busiest device (None: not read)."""
+    return rec.peaks.gpu_sampled_bytes
+
+
+def gpu_headroom(plan: Plan, rec: ProbeRecord) -> int:
+    """The GPU headroom for a record: a percentage is of the GPU limit its node resolved."""
+    if not plan.gpu_headroom or rec.limits.gpu_fit_bytes is None:
+        return 0
+    return sizes.resolve(plan.gpu_headroom, rec.limits.gpu_fit_bytes)
 
 
 def fit_peak(rec: ProbeRecord, measure: str = "working set") -> int:

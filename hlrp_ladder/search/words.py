@@ -1,10 +1,33 @@
 """One clause on how a probe ended, with the number that matters — the words every verdict, live line and
-report uses for a record. Pure."""
+report uses for a record. Where the probe's GPU was judged, the clause names the binding resource first: the
+one nearest its limit (``bs=64 ok at 119.8 GiB GPU (host 1.46 GiB)``). Pure."""
 from __future__ import annotations
 
+from typing import Optional
+
 from hlrp_ladder.records import SEARCH_PHASES, Outcome, ProbeRecord
-from hlrp_ladder.search.state import fit_peak
+from hlrp_ladder.search.state import failed_on, fit_peak, gpu_peak
 from hlrp_ladder.util.sizes import gib
+
+
+def _gpu(n: Optional[int]) -> str:
+    return f"{gib(n, 1)} GPU"
+
+
+def _under_cap(rec: ProbeRecord) -> str:
+    lim = rec.limits
+    if not lim.gpu_cap_bytes:
+        return ""
+    return f" under an emulated {gib(lim.gpu_cap_bytes, 1)} GPU ({lim.gpu_cap_mechanism or 'cap'})"
+
+
+def gpu_binds(rec: ProbeRecord) -> bool:
+    """The GPU is nearer its limit than host memory is to its own (so it is named first)."""
+    gpu, gpu_limit = gpu_peak(rec), rec.limits.gpu_fit_bytes
+    if gpu is None or not gpu_limit:
+        return False
+    host_limit = rec.limits.cap_bytes or rec.limits.rss_limit_bytes
+    return not host_limit or gpu / gpu_limit >= fit_peak(rec) / host_limit
 
 
 def probe_clause(rec: ProbeRecord) -> str:
@@ -18,14 +41,29 @@ def probe_clause(rec: ProbeRecord) -> str:
     if rec.outcome == Outcome.rss_breach:
         sampled = rec.peaks.sampled_pss_bytes if lim.metric == "pss" else rec.peaks.sampled_rss_bytes
         return f"{head} at {gib(sampled)} {lim.metric.upper()} over the {gib(lim.rss_limit_bytes)} soft limit"
-    if rec.outcome == Outcome.forecast_oom and rec.forecast is not None:
-        return f"{head}: {rec.forecast.reason}"
+    if rec.outcome == Outcome.gpu_breach:
+        return f"{head} at {_gpu(gpu_peak(rec))} over the {gib(lim.gpu_limit_bytes, 1)} GPU limit{_under_cap(rec)}"
+    if rec.outcome == Outcome.forecast_oom:
+        fc = rec.gpu_forecast if failed_on(rec) == "gpu" else rec.forecast
+        if fc is not None:
+            return f"{head}: {fc.reason}"
     if rec.outcome == Outcome.timeout:
         return f"{head} after {rec.duration_s:.0f} s"
     if rec.outcome in (Outcome.error, Outcome.cuda_oom):
         text = ev.log_line or ""
         line = f": {text[:117]}..." if len(text) > 120 else (f": {text}" if text else "")
-        return f"{head} (exit {ev.exit_code}{line})"
+        at = ""
+        if rec.outcome == Outcome.cuda_oom:
+            seen = gpu_peak(rec)
+            at = (f" at {_gpu(seen)}" if seen else " (GPU memory not read)" if rec.gpu_judged else "") + \
+                _under_cap(rec)
+        return f"{head}{at} (exit {ev.exit_code}{line})"
     if rec.outcome == Outcome.ok:
-        return f"bs={rec.batch_size}{phase} ok at {gib(fit_peak(rec))}"
+        host = gib(fit_peak(rec))
+        if gpu_binds(rec):
+            return f"bs={rec.batch_size}{phase} ok at {_gpu(gpu_peak(rec))} (host {host})"
+        if rec.gpu_judged:
+            seen = gpu_peak(rec)
+            return f"bs={rec.batch_size}{phase} ok at {host} ({'GPU not read' if seen is None else _gpu(seen)})"
+        return f"bs={rec.batch_size}{phase} ok at {host}"
     return head

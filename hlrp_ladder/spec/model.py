@@ -128,6 +128,10 @@ class Spec(_Strict):
         """Identifies what a run measures; ``--resume`` refuses a spec whose fingerprint changed."""
         # The long run's settings, the preflight's and a compare matrix do not change what the ladder measures.
         data = self.model_dump(mode="json", exclude={"runs_dir", "overnight", "preflight", "compare"})
+        # Keys added later, left out while unset: a run started before them still resumes.
+        for section, key in (("memory", "gpu"), ("executor", "gpus_per_probe")):
+            if data[section].get(key) is None:
+                data[section].pop(key, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def masked(self) -> dict:

@@ -116,6 +116,9 @@ class ExecutorSpec(_Strict):
                                       "own cgroup with its own cap and its own cores")
     cpus_per_probe: Optional[PositiveInt] = Field(None, description="local: cores each probe is pinned to "
                                                   "(default: this machine's cores / max_parallel)")
+    gpus_per_probe: Optional[int] = Field(None, ge=0, le=64, description="GPUs each probe gets, its own: locally "
+                                          "through CUDA_VISIBLE_DEVICES, on SLURM --gres=gpu:N. Default: 1 where "
+                                          "GPUs are visible (on SLURM: where the spec has memory.gpu), else 0")
     slurm: SlurmSettings = SlurmSettings()
 
 
@@ -125,6 +128,25 @@ class Preflight(_Strict):
     network_timeout_s: float = Field(2.0, gt=0, le=30)
     slurm_roundtrip_s: float = Field(60, gt=0, description="SLURM: how long the round-trip job that checks the "
                                      "shared runs folder may wait in the queue before it is called unverified")
+
+
+def _absolute(value: Optional[str]) -> Optional[str]:
+    if value is not None and value.strip().endswith("%"):
+        raise ValueError(f"{value!r}: an emulated GPU is a size (e.g. '40GiB'), not a share of the real one")
+    return value
+
+
+class GpuMemory(_Strict):
+    """GPU memory, judged per device the way host memory is: a soft limit the monitor enforces (crossing it kills
+    the tree: ``gpu_breach``), the headroom a pick must leave on its busiest device, and an emulated smaller GPU.
+    Percentages resolve on the node where the probe runs, against each device's memory (the cap's, when set)."""
+    limit: Size = Field("90%", description="soft limit per device: a size, or a % of the device's memory (of the "
+                        "cap, when set); crossing it kills the probe's tree (gpu_breach)")
+    headroom: Optional[Size] = Field("2GiB", description="left free under the GPU limit at the pick's peak, on its "
+                                     "busiest device: a size, or a % of that limit")
+    cap: Optional[Annotated[Size, AfterValidator(_absolute)]] = Field(
+        None, description="an emulated smaller GPU ('40GiB'): CUDA MPS's pinned device memory limit where MPS runs "
+                          "(every allocation, any framework), else torch's per-process memory fraction")
 
 
 class Memory(_Strict):
@@ -137,6 +159,9 @@ class Memory(_Strict):
     headroom: Optional[Size] = Field(None, description="left free at the pick's peak — its working set under the "
                                      "cap, or its RSS under the soft limit without a cap: a size, or a % of that "
                                      "limit")
+    gpu: Optional[GpuMemory] = Field(None, description="GPU memory, judged per device (limit, headroom, cap). "
+                                     "Left out: judged with the defaults wherever a probe sees a GPU; given: a "
+                                     "probe that sees none is an error (and a preflight blocker)")
 
     def rss_limit_bytes(self, total: int) -> int:
         """The soft limit in bytes; a percentage is of ``total`` (the memory the probes can really use: the

@@ -30,4 +30,9 @@ def summary_lines(spec: Spec, source: str, total: int) -> list[str]:
               f"headroom {gib(headroom)} under the {mem.fit_limit(total)[1]}" if headroom else ""]
     if any(extras):
         lines.append("; ".join(e for e in extras if e))
+    g = mem.gpu
+    lines.append(f"GPU memory: limit {g.limit} per device, headroom {g.headroom or 'none'}, "
+                 f"{'cap ' + g.cap + ' (emulated)' if g.cap else 'no cap'}; required (no visible GPU is an error)"
+                 if g is not None else
+                 "GPU memory: judged wherever a probe sees a GPU (limit 90% per device, headroom 2GiB)")
     return lines

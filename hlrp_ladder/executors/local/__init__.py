@@ -24,6 +24,7 @@ import psutil
 
 from hlrp_ladder.probe import cgroup as cgroups
 from hlrp_ladder.probe import host
+from hlrp_ladder.probe import gpu as gpus
 from hlrp_ladder.probe.folder import LOG, RESULT, RUNNER, RUNNER_LOG, RUNNING, SUBMITTED, ProbeFolder, read_json
 from hlrp_ladder.probe.process import die_with, kill_leftovers
 from hlrp_ladder.records import Outcome, ProbeRecord, ProbeRequest
@@ -229,6 +230,13 @@ class LocalExecutor:
         cores = sorted(os.sched_getaffinity(0))
         each = spec.cpus_per_probe or max(1, len(cores) // spec.max_parallel)
         return [cores[i * each:(i + 1) * each] for i in range(spec.max_parallel)]
+
+    def slot_gpus(self, spec: ExecutorSpec) -> Optional[list[list[int]]]:
+        """Each slot's own GPUs (``gpus_per_probe`` of the visible ones, through CUDA_VISIBLE_DEVICES): two probes
+        on one GPU take each other's memory. None where there are none to hand out (preflight refuses more slots
+        than the GPUs can serve)."""
+        visible = gpus.local_indices()
+        return gpus.slot_devices(visible, spec.max_parallel, gpus.per_probe(spec.gpus_per_probe, len(visible)))
 
     def launch_words(self, name: str, folder: Path) -> tuple[str, str]:
         if shutil.which("tmux"):

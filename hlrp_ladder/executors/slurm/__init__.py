@@ -191,6 +191,9 @@ class SlurmExecutor:
     def slot_cores(self, spec: ExecutorSpec) -> Optional[list[list[int]]]:
         return None  # SLURM gives each job its own --cpus-per-task
 
+    def slot_gpus(self, spec: ExecutorSpec) -> Optional[list[list[int]]]:
+        return None  # SLURM gives each job its own --gres=gpu:N
+
     def launch_words(self, name: str, folder: Path) -> tuple[str, str]:
         return (f"starts as SLURM job {name!r} (sbatch), runner output in {folder / RUNNER_LOG}",
                 f"tail -f {folder / 'log.txt'}")
@@ -207,6 +210,8 @@ class SlurmExecutor:
                 f"--chdir={request.cwd}", "--export=ALL", "--no-requeue", f"--cpus-per-task={s.cpus_per_task}"]
         if request.cap_bytes is not None:
             args.append(f"--mem={math.ceil(request.cap_bytes / MIB)}M")
+        if request.gpu is not None and request.gpu.count and not s.gres:
+            args.append(f"--gres=gpu:{request.gpu.count}")
         limit = time_limit(s, request.timeout_s, request.expected_s)
         if limit:
             args.append(f"--time={limit}")
