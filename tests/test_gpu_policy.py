@@ -159,3 +159,36 @@ def test_a_leak_torchs_cache_hides_from_nvml_is_caught_by_torchs_allocated_memor
         point.torch_allocated_bytes = None
     assert assess(stress, cycle_steps=5, warmup=1, long_run_steps=50_000, long_run_interval=5,
                   limit_bytes=int(126.4 * GIB), limit_name="GPU limit", headroom_bytes=2 * GIB, gpu=True).kind == "plateau"
+
+
+def _spec(**extra):
+    import yaml
+
+    from hlrp_ladder.spec import parse_spec
+    return parse_spec(yaml.safe_dump({"name": "g", "command": ["x"], "batch_sizes": [1, 2], **extra}), "spec.yaml")
+
+
+@pytest.mark.parametrize("extra, devices, expected", [
+    ({}, None, (False, 0, "90%")),                                                  # judged where a GPU is seen
+    ({"memory": {"gpu": {"limit": "80%", "cap": "40GiB"}}}, [1], (True, 1, "80%")),  # a local slot's own device
+    ({"executor": {"kind": "slurm"}, "memory": {"gpu": {}}}, None, (True, 1, "90%")),  # SLURM: one by default
+    ({"executor": {"kind": "slurm", "gpus_per_probe": 2}}, None, (False, 2, "90%")),
+])
+def test_each_probe_asks_for_its_gpus_and_slurm_allocates_them(extra, devices, expected):
+    from hlrp_ladder.executors.slurm import SlurmExecutor
+    from hlrp_ladder.records import ProbeRequest
+    from hlrp_ladder.run.session import gpu_request
+
+    spec = _spec(**extra)
+    gpu = gpu_request(spec, devices)
+    assert (gpu.required, gpu.count, gpu.limit) == expected and gpu.devices == devices
+    req = ProbeRequest(folder="/tmp/x", batch_size=1, phase="ladder", argv=["x"], cwd="/tmp", rss_limit_bytes=1,
+                       cgroup_name="c", gpu=gpu)
+    args = SlurmExecutor(spec.executor.slurm).sbatch_args(req, "job")
+    assert (f"--gres=gpu:{gpu.count}" in args) == bool(gpu.count)
+
+
+def test_a_cap_is_a_size_not_a_share_of_the_real_gpu():
+    from hlrp_ladder.spec import SpecError
+    with pytest.raises(SpecError, match="memory.gpu.cap.*an emulated GPU is a size"):
+        _spec(memory={"gpu": {"cap": "50%"}})
