@@ -79,6 +79,18 @@ class Evidence(_Model):
     log_line: Optional[str] = None           # the line of the log that shows what happened
     detail: str = ""                         # one sentence a person can read
     scheduler: Optional[str] = None          # what the executor saw: "SLURM job 17: OUT_OF_MEMORY, ExitCode 0:125"
+    rank: Optional[int] = None               # a distributed rung: the rank whose end decided the outcome
+    world_size: Optional[int] = None
+    rank_note: str = ""                      # what became of the others: "rank 1 killed by the runner after it"
+
+
+class RankPeak(BaseModel):
+    """One rank of a distributed rung: its processes (those carrying its RANK) and their peaks."""
+    model_config = ConfigDict(extra="ignore")
+    pid: int                                 # the rank's first process
+    rss_bytes: int = 0                       # max over samples of its processes' summed RSS
+    gpu_bytes: Optional[int] = None          # max over samples of their GPU memory (NVML), where there is a GPU
+    last_rss_bytes: int = 0                  # its RSS in the last sample it was alive for
 
 
 class Peaks(_Model):
@@ -94,6 +106,14 @@ class Peaks(_Model):
     gpu_source: str = ""                     # how GPU memory was read: "nvml per process" | "nvml device used ..."
     max_procs: int = 0
     samples: int = 0
+    ranks: dict[str, RankPeak] = {}          # a distributed rung: each rank's peaks (rank -> peaks)
+    world_size: Optional[int] = None
+
+    @property
+    def imbalance(self) -> Optional[float]:
+        """The worst rank's RSS peak over the mean of the ranks' (1.0: even)."""
+        values = [r.rss_bytes for r in self.ranks.values()]
+        return max(values) / (sum(values) / len(values)) if len(values) > 1 and sum(values) else None
 
 
 class Limits(_Model):
@@ -255,6 +275,9 @@ class ProbeRequest(_Model):
     check_interval: Optional[int] = None     # steps between validations (numbers a regex-only trainer's)
     metrics_regex: MetricsPatterns = MetricsPatterns()
     gpu: Optional["GpuRequest"] = None       # judge GPU memory (None: a spec run before GPUs were judged)
+    ranks: int = 0                           # a distributed rung's expected ranks (0: not one)
+    per_rank: bool = False                   # rss_limit_bytes applies to each rank's RSS, not the tree's sum
+    rank_grace_s: float = 30.0               # how long the others may run on after a rank ended (no memory verdict)
 
 
 class GpuRequest(_Model):

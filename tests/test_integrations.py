@@ -22,10 +22,29 @@ def events(path):
 
 
 @pytest.mark.pure
-def test_emit_is_silent_outside_a_probe(monkeypatch, tmp_path):
-    monkeypatch.delenv(METRICS_ENV, raising=False)
-    integrations.emit("train", step=1)  # nothing to write to, nothing raised
-    assert not list(tmp_path.iterdir())
+def test_emit_writes_once_per_probe_from_rank_zero_and_nothing_outside_a_probe(monkeypatch, tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    monkeypatch.setenv(METRICS_ENV, str(path))
+    monkeypatch.setenv("RANK", "1")
+    integrations.emit("train", step=1)          # rank 1 of a distributed job: rank 0 speaks for it
+    assert not path.exists()
+    monkeypatch.setenv("RANK", "0")
+    integrations.emit("train", step=1)
+    assert [e["step"] for e in events(path)] == [1]
+    monkeypatch.delenv(METRICS_ENV)
+    integrations.emit("train", step=2)          # outside a probe: nothing to write to, nothing raised
+    assert [e["step"] for e in events(path)] == [1]
+
+
+@pytest.mark.pure
+def test_torchs_gpu_figures_reach_the_record_and_each_validation(monkeypatch, tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    monkeypatch.setenv(METRICS_ENV, str(path))
+    integrations.emit("train", step=5, gpu_allocated=3 << 30, gpu_reserved=11 << 30, gpu_max_reserved=12 << 30)
+    integrations.emit("val_end", step=5, val_loss=1.0, gpu_allocated=4 << 30)
+    m = read_back(path, tmp_path)
+    assert (m.torch_allocated_bytes, m.torch_reserved_bytes, m.torch_max_reserved_bytes) == (4 << 30, 11 << 30, 12 << 30)
+    assert m.val_points[0].torch_allocated_bytes == 4 << 30
 
 
 @pytest.mark.pure

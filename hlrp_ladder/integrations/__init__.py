@@ -1,8 +1,9 @@
 """Speak the metrics protocol from a trainer, without regexes: :func:`emit` for a plain loop, a :class:`Meter`
 that times steps, and callbacks for Lightning (``hlrp_ladder.integrations.lightning``) and Hugging Face's
 ``Trainer`` (``hlrp_ladder.integrations.hf``). Each writes JSON lines to the file the probe's
-``HLRP_LADDER_METRICS`` names (docs/protocol.md), and nothing when it is not set: the trainer runs the same
-outside a ladder. Only the standard library here (torch is read only when the trainer already imported it).
+``HLRP_LADDER_METRICS`` names (docs/metrics-protocol.md), and nothing when it is not set: the trainer runs the same
+outside a ladder; in a distributed job only rank 0 writes. Nothing but the standard library and the protocol's
+names (torch is read only when the trainer already imported it).
 
     from hlrp_ladder.integrations import Meter
     meter = Meter(batch_size=32)
@@ -30,13 +31,22 @@ def emit(event: str, **fields: Any) -> None:
     """Append one protocol event (``start``, ``train``, ``val_end``, ``done``) with ``time`` set; a no-op when
     the process runs outside a probe (no ``HLRP_LADDER_METRICS``)."""
     path = os.environ.get(METRICS_ENV)
-    if not path:
+    if not path or not _rank_zero():
         return
     handle = _handles.get(path)
     if handle is None:
         handle = _handles[path] = open(path, "a", buffering=1)
     handle.write(json.dumps({"event": event, **fields, "time": round(time.time(), 3)}) + "\n")
     handle.flush()
+
+
+def _rank_zero() -> bool:
+    """This process is rank 0 of a distributed job, or no rank at all: one writer per probe (every rank of a
+    torchrun or srun job inherits the same metrics file)."""
+    for key in ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if key in os.environ:
+            return os.environ[key] == "0"
+    return True
 
 
 def gpu_memory() -> dict[str, int]:

@@ -106,7 +106,9 @@ def plan_launch(spec: Spec, store: RunStore, executor: Executor, pick: str, forc
                         argv=spec.argv(bs, recipe, extra=night.overrides), env={**spec.env, **night.env},
                         timeout_s=night.timeout_s, check_interval=night.check_interval,
                         kill_grace_s=night.kill_grace_s, stop_grace_s=night.kill_grace_s, expected_s=expected,
-                        set_aside=False)  # a new folder; planning it (a dry run) must change nothing on disk
+                        # a new folder: planning it (a dry run) must change nothing on disk; the first slot's GPUs,
+                        # as the ladder's probes had them
+                        set_aside=False, gpus=(executor.slot_gpus(spec.executor) or [None])[0])
     name = night.tmux_session or safe_name(f"hlrp-{spec.name}-{store.root.name}-{folder.name}")
     starts, watch = executor.launch_words(name, req.folder)
     return Launch(bs, steps, req, name, starts, watch, f"{why}; {steps} steps from {how}")

@@ -44,7 +44,9 @@ def status_of(store: RunStore) -> dict:
                    rss_bytes=beat.get("rss"), cgroup_bytes=beat.get("cgroup"), peak_rss_bytes=beat.get("peak_rss"),
                    peak_cgroup_bytes=beat.get("peak_cgroup"), n_procs=beat.get("n_procs"),
                    working_set_bytes=beat.get("working_set"), peak_working_set_bytes=beat.get("peak_working_set"),
-                   heartbeat_age_s=round(time.time() - beat["time"], 1) if beat.get("time") else None)
+                   heartbeat_age_s=round(time.time() - beat["time"], 1) if beat.get("time") else None,
+                   ranks={str(r): {"rss_bytes": rss, "gpu_bytes": gpu} for r, (_, rss, gpu) in
+                          sorted(probe.last_ranks().items())})
     else:
         out.update(state="lost", detail="its runner is gone and left no record (killed with SIGKILL, or the machine "
                                         "rebooted?); the last heartbeat is below",
@@ -59,7 +61,8 @@ def _ended(rec: ProbeRecord) -> dict:
                 ended_at=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.ended_at)),
                 elapsed_s=round(rec.duration_s, 1), peak_bytes=rec.peak_bytes,
                 peak_source=rec.peaks.kernel_source or "sampled", sampled_rss_peak_bytes=rec.peaks.sampled_rss_bytes,
-                summary=probe_clause(rec))
+                summary=probe_clause(rec),
+                ranks={r: {"rss_bytes": p.rss_bytes, "gpu_bytes": p.gpu_bytes} for r, p in rec.peaks.ranks.items()})
 
 
 def status_lines(st: dict) -> list[str]:
@@ -95,6 +98,11 @@ def status_lines(st: dict) -> list[str]:
         lines.append(f"{elapsed}{what} {gib(now)} now, {gib(peak)} at peak, against the {limit}{charged}")
         if st["state"] == "lost":
             lines.append(st["detail"])
+    if st.get("ranks"):  # a distributed long run: each rank, now (running) or at its peak (ended)
+        now = "now" if st["state"] != "ended" else "at peak"
+        lines.append(f"ranks ({now}): " + ", ".join(
+            f"rank {r} {gib(v['rss_bytes'])}" + (f" + {gib(v['gpu_bytes'])} GPU" if v.get("gpu_bytes") else "")
+            for r, v in st["ranks"].items()))
     m = st["metrics"]
     if m:
         rate = m.get("samples_per_s")

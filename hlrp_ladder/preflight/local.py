@@ -90,9 +90,12 @@ def gpu(ctx: Context) -> Iterator[Finding]:
     probes on one GPU take each other's memory: measured on an H200, a sibling's allocation made the other
     probe's CUDA OOM and changed the pick)."""
     spec, ex = ctx.spec, ctx.spec.executor
-    devices, _, why = gpus.visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"))
+    devices, nvml, why = gpus.visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"))
     named = ", ".join(d.words() for d in devices)
     if not devices:
+        if os.path.exists("/dev/nvidiactl") and nvml is None:
+            yield Finding("gpu", WARN, f"this machine has an NVIDIA driver but {why}: GPU memory is not judged and "
+                          f"parallel slots are not given GPUs of their own", "pip install nvidia-ml-py")
         if spec.memory.gpu is not None:
             yield Finding("gpu", FAIL, f"memory.gpu is set but {why}: GPU memory cannot be judged here",
                           "run where the GPU is, or remove memory.gpu")
@@ -110,6 +113,7 @@ def gpu(ctx: Context) -> Iterator[Finding]:
     elif ex.max_parallel * per > len(devices):
         yield Finding("gpu slots", FAIL, f"{ex.max_parallel} slots x {per} GPU(s) per probe > the {len(devices)} "
                       f"visible GPU(s) ({named}): probes sharing a GPU take each other's memory",
-                      f"lower executor.max_parallel to {max(1, len(devices) // per)}")
+                      f"lower executor.max_parallel to {max(1, len(devices) // per)}, or executor.gpus_per_probe "
+                      f"(0 for a trainer that uses no GPU)")
     else:
         yield Finding("gpu slots", OK, f"{ex.max_parallel} slot(s) x {per} GPU(s) of {named}")

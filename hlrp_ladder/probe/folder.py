@@ -9,6 +9,7 @@ through :class:`ProbeFolder`::
     argv.json       exactly what was run, and the environment it added (secrets masked)
     log.txt         the trainer's stdout and stderr
     memory.csv      one row per sample: t, rss, pss, n_procs, cgroup, gpu, working_set
+    ranks.csv       a distributed rung: one row per rank per sample: t, rank, rss, gpu
     metrics.jsonl   what the trainer reported (the metrics protocol)
     running.json    while it runs: what to find and kill if the monitor dies (pid, start time, marker, cgroup)
     status.json     a heartbeat: memory now and at peak
@@ -34,6 +35,7 @@ from hlrp_ladder.util.masking import mask, mask_argv
 REQUEST, SUBMITTED, RUNNER, STATUS, ENV_FILE = "request.json", "submitted.json", "runner.json", "status.json", ".env.json"
 ARGV, LOG, RUNNER_LOG, MEMORY, METRICS = "argv.json", "log.txt", "runner.log", "memory.csv", "metrics.jsonl"
 RESULT, LATE_RESULT, RUNNING = "result.json", "result.late.json", "running.json"
+RANKS = "ranks.csv"
 CSV_HEADER = "t,rss,pss,n_procs,cgroup,gpu,working_set\n"
 
 
@@ -171,6 +173,25 @@ class ProbeFolder:
                         yield sample
         except OSError:
             return
+
+    def last_ranks(self) -> dict[int, tuple[float, int, Optional[int]]]:
+        """A distributed probe's ranks now: rank -> (t, RSS, GPU bytes) of its newest row in ``ranks.csv``."""
+        try:
+            with open(self.file(RANKS), "rb") as handle:
+                handle.seek(0, 2)
+                size = handle.tell()
+                handle.seek(max(0, size - 4096))
+                lines = handle.read().decode("ascii", "replace").splitlines()
+        except OSError:
+            return {}
+        out: dict[int, tuple[float, int, Optional[int]]] = {}
+        for line in lines[1:] if size > 4096 else lines:
+            parts = line.split(",")
+            try:
+                out[int(parts[1])] = (float(parts[0]), int(parts[2]), int(parts[3]) if parts[3] else None)
+            except (IndexError, ValueError):  # the header, or a line cut by the tail or torn mid-write
+                continue
+        return out
 
     def last_sample(self) -> Optional[Sample]:
         """The newest sample a running probe has written (the live view), read from the file's end."""

@@ -123,6 +123,8 @@ class GpuReader:
             self.alone[d.index] = not self._procs(d)
         self.peaks: dict[int, int] = {}
         self.sources: set[str] = set()
+        self.by_pid: dict[int, int] = {}   # the last reading's GPU memory of each of the tree's processes
+        self.unread = 0                    # samples whose GPU memory could not be attributed (not judged then)
 
     def _procs(self, device: Device) -> dict[int, int]:
         out: dict[int, int] = {}
@@ -144,21 +146,27 @@ class GpuReader:
         """Bytes on the tree's busiest device now; None when a device's share cannot be attributed."""
         pids = set(pids)
         worst = 0
+        self.by_pid = {}
         for d in self.devices:
             procs = self._procs(d)
             mine = [used for pid, used in procs.items() if pid in pids]
+            for pid, used in procs.items():
+                if pid in pids:
+                    self.by_pid[pid] = self.by_pid.get(pid, 0) + used
             if mine or not procs:
                 value = sum(mine)
                 self.sources.add("nvml per process")
             elif not any(psutil.pid_exists(pid) for pid in procs) and self.alone[d.index]:
                 used = self._used(d)
                 if used is None:
+                    self.unread += 1
                     return None
                 value = max(0, used - self.baseline[d.index])
                 self.sources.add(f"nvml device used less its {gib(self.baseline[d.index])} at the start (NVML's "
                                  f"pids are not this namespace's; the probe was alone on the device)")
             elif not any(psutil.pid_exists(pid) for pid in procs):
                 self.sources.add("unattributed: NVML's pids are not this namespace's and the device was shared")
+                self.unread += 1
                 return None
             else:
                 value = 0  # another process of this machine, not the tree's
@@ -178,10 +186,16 @@ class GpuProbe:
     limit_bytes: Optional[int] = None
     env: dict[str, str] = field(default_factory=dict)
     limits: dict = field(default_factory=dict)
-    stop: Callable[[], None] = lambda: None
+    stop_daemon: Callable[[], None] = lambda: None
+    pipe: Optional[str] = None               # the MPS daemon's folder, while one runs (in running.json)
 
     def record(self, limits: Limits) -> Limits:
         return limits.model_copy(update=self.limits)
+
+    def stop(self) -> None:
+        """Undo what was set up (the MPS daemon and its folder); once."""
+        stop, self.stop_daemon = self.stop_daemon, lambda: None
+        stop()
 
 
 def prepare(request: Optional[GpuRequest], env: dict[str, str], marker_env: dict[str, str]) -> GpuProbe:
@@ -192,7 +206,9 @@ def prepare(request: Optional[GpuRequest], env: dict[str, str], marker_env: dict
         return GpuProbe(limits={"gpu_note": "GPU memory not judged (a request from before memory.gpu)"})
     add: dict[str, str] = {}
     if request.devices is not None:
-        add = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, request.devices)), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+        add = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, request.devices))}
+    if "CUDA_DEVICE_ORDER" not in env:  # CUDA's numbering as NVML's (PCI bus order), which the reader uses
+        add["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     visible = add.get("CUDA_VISIBLE_DEVICES", env.get("CUDA_VISIBLE_DEVICES"))
     devices, nvml, why = visible_devices(visible)
     if not devices:
@@ -208,11 +224,13 @@ def prepare(request: Optional[GpuRequest], env: dict[str, str], marker_env: dict
     limits = {"gpu_limit_bytes": limit, "gpu_total_bytes": min(effective), "gpu_cap_bytes": cap,
               "gpu_devices": [f"{d.index}: {d.name}, {gib(d.total, 1)}" for d in devices]}
     stop: Callable[[], None] = lambda: None
+    pipe = None
     if cap is not None:
         mechanism, cap_env, stop, note = emulate(cap, devices, {**env, **add}, marker_env)
         add.update(cap_env)
+        pipe = cap_env.get("CUDA_MPS_PIPE_DIRECTORY")
         limits.update(gpu_cap_mechanism=mechanism, gpu_cap_covers=COVERS[mechanism] + note)
-    return GpuProbe(GpuReader(nvml, devices), limit, add, limits, stop)
+    return GpuProbe(GpuReader(nvml, devices), limit, add, limits, stop, pipe)
 
 
 def emulate(cap: int, devices: list[Device], env: dict[str, str],
@@ -221,7 +239,7 @@ def emulate(cap: int, devices: list[Device], env: dict[str, str],
     on why MPS was not used)."""
     note = ""
     control = shutil.which(MPS_CONTROL)
-    if os.environ.get(FORCE_ENV) == "torch":
+    if env.get(FORCE_ENV) == "torch":
         note = f"; MPS not tried: {FORCE_ENV}=torch"
     elif control is None:
         note = f"; MPS not used: {MPS_CONTROL} is not on the PATH"
@@ -230,19 +248,19 @@ def emulate(cap: int, devices: list[Device], env: dict[str, str],
         pipe = tempfile.mkdtemp(prefix="hlrp-mps-")
         mps = {"CUDA_MPS_PIPE_DIRECTORY": pipe, "CUDA_MPS_LOG_DIRECTORY": pipe}
         daemon_env = {**os.environ, **env, **mps, **marker_env}
+        def stop() -> None:
+            try:
+                subprocess.run([control], input="quit\n", env=daemon_env, capture_output=True, text=True, timeout=20)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+            shutil.rmtree(pipe, ignore_errors=True)
+
         try:
             started = subprocess.run([control, "-d"], env=daemon_env, capture_output=True, text=True, timeout=20)
             ok, why = started.returncode == 0, (started.stderr or started.stdout).strip()[:200]
         except (OSError, subprocess.TimeoutExpired) as exc:
             ok, why = False, str(exc)
         if ok:
-            def stop() -> None:
-                try:
-                    subprocess.run([control], input="quit\n", env=daemon_env, capture_output=True, text=True,
-                                   timeout=20)
-                except (OSError, subprocess.TimeoutExpired):
-                    pass
-                shutil.rmtree(pipe, ignore_errors=True)
 
             # A client's device ordinals count the devices the daemon sees (its CUDA_VISIBLE_DEVICES): 0..n-1.
             ordinals = [str(i) for i in range(len(devices))]
@@ -251,7 +269,7 @@ def emulate(cap: int, devices: list[Device], env: dict[str, str],
             if "CUDA_VISIBLE_DEVICES" in env:
                 client["CUDA_VISIBLE_DEVICES"] = ",".join(ordinals)
             return "mps", client, stop, ""
-        shutil.rmtree(pipe, ignore_errors=True)
+        stop()  # a daemon that forked before it failed is told to quit too
         note = f"; MPS not used: {MPS_CONTROL} -d failed ({why or 'no reason given'})"
     path = os.pathsep.join(p for p in (str(TORCH_CAP_DIR), env.get("PYTHONPATH", "")) if p)
     return "torch", {CAP_ENV: str(cap), "PYTHONPATH": path}, lambda: None, note

@@ -36,6 +36,32 @@ def _last(lines: list[str], pattern: re.Pattern) -> Optional[str]:
     return None
 
 
+def rank_verdict(outcome: Outcome, ev: Evidence, end, log_tail: list[str]) -> tuple[Outcome, Evidence]:
+    """A distributed rung decided by the first rank to end (``end``: a probe.ranks.RankEnd). An OOM-killed rank is
+    ``oom_killed``, naming it, whatever the launcher's own exit then was; the others' deaths are consequences. A
+    rank that ended first for another reason is ``cuda_oom`` when its log says so, else ``error`` (inconclusive)."""
+    ev.rank, ev.world_size = end.rank, end.world
+    others = ", ".join(map(str, end.others))
+    plural = "s" if len(end.others) > 1 else ""
+    of = f"rank {end.rank}" + (f" of {end.world}" if end.world else "")
+    if end.oom:
+        ev.rank_note = (f"rank{plural} {others} killed by the runner after it" if end.by_runner else
+                        f"the launcher ended rank{plural} {others}") if others else ""
+        ev.detail = f"the kernel OOM-killed {of} (pid {end.pid}, {end.named_by})" + \
+            (f"; {ev.rank_note}" if ev.rank_note else "")
+        ev.log_line = ev.log_line or _last([line for line in log_tail if line.strip()][-20:], MEMORY_HINT)
+        return Outcome.oom_killed, ev
+    cuda = _last([line for line in log_tail if line.strip()][-200:], CUDA_OOM)
+    ev.rank_note = (f"rank{plural} {others} ran on for {end.grace_s:g} s, then killed by the runner" if end.by_runner
+                    else f"rank{plural} {others} ended after it") if others else ""
+    if cuda:
+        ev.log_line, ev.detail = cuda, f"the GPU ran out of memory: {of} ended first; {ev.rank_note}"
+        return Outcome.cuda_oom, ev
+    ev.detail = (f"{of} ended first (pid {end.pid}) with no kernel OOM kill on record; {ev.rank_note}: not a "
+                 f"memory verdict")
+    return Outcome.error, ev
+
+
 def classify(status: int, stop_reason: Optional[str], oom_before: Optional[int], oom_after: Optional[int],
              oom_counter: str, log_tail: list[str], *, host_wide: bool = False,
              victims: Optional[set[int]] = None, main_pid: Optional[int] = None) -> tuple[Outcome, Evidence]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -118,4 +119,7 @@ def kill_leftovers(running_file: Path) -> int:
     if cg is not None:
         cg.kill_all()
         cg.remove()
+    pipe = info.get("mps_pipe")
+    if isinstance(pipe, str) and os.path.basename(pipe).startswith("hlrp-mps-"):
+        shutil.rmtree(pipe, ignore_errors=True)  # the MPS daemon carried the marker: killed above
     return len(hit)

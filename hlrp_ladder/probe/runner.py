@@ -20,14 +20,16 @@ from typing import Callable, Optional
 
 from hlrp_ladder.probe import cgroup as cgroups
 from hlrp_ladder.probe import gpu as gpus
-from hlrp_ladder.probe.folder import (ARGV, CSV_HEADER, LOG, MEMORY, METRICS, RESULT, RUNNING, PeakTracker, ProbeFolder,
-                                      Sample)
+from hlrp_ladder.probe.folder import (ARGV, CSV_HEADER, LOG, MEMORY, METRICS, RANKS, RESULT, RUNNING, PeakTracker,
+                                      ProbeFolder, Sample)
 from hlrp_ladder.probe.kernel_log import KernelLog
 from hlrp_ladder.probe.metrics import LiveMetrics
-from hlrp_ladder.probe.outcome import classify
+from hlrp_ladder.probe.outcome import classify, rank_verdict
 from hlrp_ladder.probe.process import signal_tree, spawn, still_running
+from hlrp_ladder.probe.ranks import CSV_HEADER as RANKS_HEADER
+from hlrp_ladder.probe.ranks import RankEnd, Ranks
 from hlrp_ladder.probe.sampler import TreeSampler
-from hlrp_ladder.records import MARKER_ENV, METRICS_ENV, Limits, Peaks, ProbeRecord, ProbeRequest
+from hlrp_ladder.records import MARKER_ENV, METRICS_ENV, Limits, Outcome, Peaks, ProbeRecord, ProbeRequest
 from hlrp_ladder.util.files import DiskFull, no_space, read_tail, write_json
 from hlrp_ladder.util.masking import MASK, mask, mask_argv
 
@@ -55,6 +57,7 @@ class Ending:
     victims: Optional[set[int]] = None       # pids of the tree the kernel log names as OOM-killed
     main_pid: Optional[int] = None
     gpu: gpus.GpuProbe = dataclasses.field(default_factory=gpus.GpuProbe)
+    rank_end: Optional[RankEnd] = None       # a distributed rung: the rank whose end decided it
 
 
 def _env_diff(request: ProbeRequest, metrics_path: Path, marker: str) -> dict[str, str]:
@@ -120,7 +123,7 @@ def run_probe(request: ProbeRequest, on_sample: Optional[OnSample] = None,
         cg, cg_note = _cgroup(request)
         try:
             running = {"pid": None, "pgid": None, "create_time": None, "cgroup": str(cg) if cg else None,
-                       "marker": marker, "orchestrator_pid": os.getpid()}
+                       "marker": marker, "orchestrator_pid": os.getpid(), "mps_pipe": gpu.pipe}
             write_json(folder / RUNNING, running)  # before the spawn: a crash from here on leaks nothing unknown
             return _monitor(request, cg, cg_note, marker, env_diff, running, on_sample, should_stop, gpu, gpu_error)
         finally:
@@ -140,7 +143,17 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
     elif request.cap_bytes is not None and cg is not None and cg.shared and cg.limit() is None:
         cg_note += "; it has no memory limit: the cap is NOT enforced"
     oom_counter = cg.oom_counter_name if cg else "/proc/vmstat (system-wide)"
-    kernel_log = KernelLog() if cg is None else None  # opened before the spawn: kills from now on
+    # opened before the spawn: kills from now on. With ranks too: the kernel log names the rank it OOM-killed.
+    kernel_log = KernelLog() if cg is None or request.ranks else None
+    killed: Optional[set[int]] = set()   # pids the kernel log named as OOM-killed so far (None: unreadable)
+
+    def read_kills() -> Optional[set[int]]:
+        nonlocal killed
+        if kernel_log is None:
+            return None
+        found = kernel_log.killed_pids()
+        killed = None if found is None or killed is None else killed | found
+        return killed
     oom_before = cg.oom_kills() if cg else cgroups.vmstat_oom_kills()
 
     started_at = time.time()
@@ -171,6 +184,9 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
         seen_pids.update(sampler.known)
         signal_tree(pgid, list(sampler.known.values()), cg, sig)
 
+    ranks = Ranks() if request.ranks else None
+    rank_end: Optional[RankEnd] = None
+    ranks_csv = None
     tracker = PeakTracker()
     peaks = tracker.peaks
     timeline: list[tuple[float, int, Optional[int], Optional[int], Optional[int]]] = []
@@ -184,6 +200,9 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
                                       "create_time": sampler.root.create_time()})
         csv = open(folder / MEMORY, "w", buffering=1 << 16)
         csv.write(CSV_HEADER)
+        if ranks is not None:
+            ranks_csv = open(folder / RANKS, "w", buffering=1 << 16)
+            ranks_csv.write(RANKS_HEADER)
         while True:
             pid, wait_status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
@@ -201,7 +220,20 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
             live.poll(sample.t)
             tracker.add(sample)
             measured = sample.pss if request.metric == "pss" else sample.rss
-            if should_stop is not None and should_stop():
+            if ranks is not None:
+                ranks.scan(sampler.known)
+                for row in ranks.sample(sample.t, sampler.rss_by_pid, gpu.reader.by_pid if gpu.reader else None):
+                    ranks_csv.write(row)
+                if request.per_rank:  # each rank against the limit: the worst one is what is measured
+                    measured = ranks.worst_rss(sampler.rss_by_pid) or measured
+                first = ranks.first_ended() if stopper.reason is None else None
+                if first is not None:
+                    rank_end = _rank_end(ranks, first, cg, oom_before, read_kills(), request.rank_grace_s)
+                    if rank_end is not None:
+                        stopper.stop("rank_oom" if rank_end.oom else "rank_exit", 0, kill)
+            if stopper.reason is not None:
+                pass
+            elif should_stop is not None and should_stop():
                 stopper.stop("interrupted", request.stop_grace_s, kill)
             elif measured is not None and measured > request.rss_limit_bytes:
                 stopper.stop("rss_breach", 0, kill)
@@ -228,11 +260,12 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
             kernel_log.close()
         raise exc if isinstance(exc, DiskFull) else DiskFull(folder / MEMORY, exc) from None
     finally:
-        try:
-            if csv is not None:
-                csv.close()
-        except OSError:  # the buffer's last rows on a full disk: what was written stays
-            pass
+        for handle in (csv, ranks_csv):
+            try:
+                if handle is not None:
+                    handle.close()
+            except OSError:  # the buffer's last rows on a full disk: what was written stays
+                pass
     sampler.close()
     # The main process is gone; nothing it started may live on.
     leftovers = len({p.pid for p in still_running(sampler.known.values())} | set(cg.pids() if cg else []))
@@ -240,19 +273,64 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
     if cg is not None:
         peaks.kernel_bytes, peaks.kernel_source = cg.peak()
     oom_after = cg.oom_kills() if cg else cgroups.vmstat_oom_kills()
-    victims = None
+    read_kills()
+    victims = None if killed is None or kernel_log is None else killed & seen_pids
     if kernel_log is not None:
-        victims = kernel_log.victims(seen_pids)
         kernel_log.close()
+    if ranks is not None:
+        peaks.ranks, peaks.world_size = ranks.peaks(), ranks.world or request.ranks
+        if rank_end is None and ((cg is not None and oom_after is not None and oom_before is not None
+                                  and oom_after > oom_before) or (cg is None and victims)):
+            # The launcher (torchrun's agent) ended the others before a sample saw the first one gone.
+            rank_end = _rank_end(ranks, ranks.named(victims or ()) or ranks.first_ended() or _earliest(ranks), cg,
+                                 oom_before, victims, 0.0, after=oom_after)
+            if rank_end is not None:
+                rank_end.by_runner = False
+        elif rank_end is None and status not in (0, None) and stopper.reason is None and _earliest(ranks) is not None:
+            # A rank failed first and the others followed on their own (gloo saw its socket close): name it.
+            first = _earliest(ranks)
+            rank_end = RankEnd(rank=first.rank, world=ranks.world, pid=min(first.pids), oom=False,
+                               named_by="the first to end", rss_bytes=first.peak.last_rss_bytes,
+                               others=[r for r in sorted(ranks.ranks) if r != first.rank], by_runner=False)
     if peaks.kernel_bytes is None and peaks.vmhwm_bytes:
         # wait4's ru_maxrss: the max VmHWM of the main process and the descendants it reaped.
         peaks.kernel_bytes, peaks.kernel_source = peaks.vmhwm_bytes, "VmHWM (wait4 ru_maxrss, largest process)"
     if gpu.reader is not None:
         peaks.gpu_devices = {str(k): v for k, v in sorted(gpu.reader.peaks.items())}
         peaks.gpu_source = gpu.reader.source()
+        if gpu.reader.unread:  # a peak with samples missing is no peak: the GPU is not judged on it
+            peaks.gpu_sampled_bytes = None
+            peaks.gpu_source += f"; {gpu.reader.unread} of {peaks.samples} samples unread (the GPU limit was not " \
+                                "enforced then)"
+    gpu.stop()  # the MPS daemon goes before running.json does (a resume finds what running.json names)
     return _finish(request, live, Ending(started_at, exited_at, status, stopper.reason, oom_before, oom_after,
                                          oom_counter, cg, cg_note, peaks, timeline, exited_at - sampler.start_wall,
-                                         leftovers, victims, proc.pid, gpu))
+                                         leftovers, victims if cg is None else None, proc.pid, gpu, rank_end))
+
+
+def _earliest(ranks: Ranks):
+    ended = [r for r in ranks.ranks.values() if r.ended_at is not None]
+    return min(ended, key=lambda r: r.ended_at) if ended else None
+
+
+def _rank_end(ranks: Ranks, first, cg, oom_before: Optional[int], killed: Optional[set[int]], grace_s: float,
+              after: Optional[int] = None) -> Optional[RankEnd]:
+    """Whether the first rank to end decides the rung now: OOM-killed (the probe's cgroup counted a kill, or the
+    kernel log names one of its processes) decides at once; any other end once the others have run on for
+    ``grace_s`` (a survivor waits in its collective). None: not yet."""
+    if first is None:
+        return None
+    named = bool(killed and first.pids & killed)
+    if after is None and cg is not None:
+        after = cg.oom_kills()
+    oom = named or (cg is not None and after is not None and oom_before is not None and after > oom_before)
+    if not oom and time.monotonic() - first.ended_at < grace_s:
+        return None
+    return RankEnd(rank=first.rank, world=ranks.world, pid=min(first.pids), oom=oom,
+                   named_by="named in the kernel log" if named else
+                   "the first rank seen gone while the cgroup's oom_kill counter rose" if oom else "the first to end",
+                   rss_bytes=first.peak.last_rss_bytes, others=[r for r in sorted(ranks.ranks) if r != first.rank],
+                   grace_s=grace_s)
 
 
 def _reap(pid: int) -> None:
@@ -264,9 +342,17 @@ def _reap(pid: int) -> None:
 
 def _finish(request: ProbeRequest, live: LiveMetrics, end: Ending) -> ProbeRecord:
     folder = ProbeFolder(request.folder)
+    tail = read_tail(folder.file(LOG))
     outcome, evidence = classify(end.status, end.stop_reason, end.oom_before, end.oom_after, end.oom_counter,
-                                 read_tail(folder.file(LOG)), host_wide=end.cgroup is None, victims=end.victims,
+                                 tail, host_wide=end.cgroup is None, victims=end.victims,
                                  main_pid=end.main_pid)
+    if end.rank_end is not None and (end.stop_reason in ("rank_oom", "rank_exit") or end.rank_end.oom
+                                     or (not end.rank_end.by_runner and outcome == Outcome.error)):
+        outcome, evidence = rank_verdict(outcome, evidence, end.rank_end, tail)
+    elif outcome == Outcome.rss_breach and request.per_rank and end.peaks.ranks:
+        worst = max(end.peaks.ranks, key=lambda r: end.peaks.ranks[r].last_rss_bytes)
+        evidence.rank, evidence.world_size = int(worst), end.peaks.world_size
+        evidence.detail = f"the monitor killed the tree when rank {worst} crossed the per-rank soft limit"
     if end.stop_reason == "interrupted" and request.stop_grace_s > 0:
         evidence.detail = (f"stopped: SIGTERM, then up to {request.stop_grace_s:g} s to save its state; " +
                            ("it exited on its own" if end.status is not None and end.status >= 0 else

@@ -71,6 +71,7 @@ class TreeSampler:
         self.scan_every_s, self.last_scan, self.gap = scan_every_s, float("-inf"), 0.1
         self.files = _OpenFiles()
         self.gpu = gpu
+        self.rss_by_pid: dict[int, int] = {}   # the last sample's RSS of each process read (a rung's ranks)
 
     def refresh(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -92,13 +93,15 @@ class TreeSampler:
     def sample(self) -> Sample:
         self.refresh()
         rss = pss = n = 0
+        by_pid = self.rss_by_pid = {}
         for pid in list(self.known):
             try:
                 if self.with_pss:
                     info = self.known[pid].memory_full_info()
-                    pss, rss = pss + info.pss, rss + info.rss
+                    pss, rss, by_pid[pid] = pss + info.pss, rss + info.rss, info.rss
                 else:
-                    rss += int(self.files.read(f"/proc/{pid}/statm").split()[1]) * PAGE
+                    by_pid[pid] = int(self.files.read(f"/proc/{pid}/statm").split()[1]) * PAGE
+                    rss += by_pid[pid]
                 n += 1
             except (psutil.NoSuchProcess, ProcessLookupError, FileNotFoundError):
                 if pid != self.root_pid:  # gone: stop reading it

@@ -16,6 +16,8 @@ from hlrp_ladder.util.sizes import gib
 
 def _model(name: str, points: list[tuple[int, int]], limit: Optional[int], budget: int, grid: list[int],
            failure: Optional[ProbeRecord]) -> Optional[dict]:
+    """One memory's model; ``failure`` is the ladder's first memory failure: the largest grid size named lies
+    below it whichever memory it was, and only a failure of *this* memory contradicts this model."""
     line = memory_model.fit(points)
     if line is None:
         return None
@@ -28,13 +30,16 @@ def _model(name: str, points: list[tuple[int, int]], limit: Optional[int], budge
                 + (f"; residual {line.rms / 2**20:.0f} MiB, R² {line.r2:.3f}" if line.points > 2 and line.r2 is not None
                    else "") + ").")
     limit_words = f"the {gib(budget)} {'GPU ' if name == 'gpu' else ''}limit"
-    if beyond is not None and failure is not None and beyond >= failure.batch_size:
+    if beyond is not None and failure is not None and beyond >= failure.batch_size and failed_on(failure) == name:
         sentence += (f" It would put {limit_words} at bs≈{beyond}, but {probe_clause(failure)}: the model does not "
                      f"hold up there" + (f"; the largest grid size it puts under the limit below that failure is "
                                          f"bs={largest}." if largest is not None else "."))
     elif beyond is not None and largest is not None:
+        first = ("" if failure is None or beyond < failure.batch_size else
+                 f" below the failure at bs={failure.batch_size} ({'GPU' if failed_on(failure) == 'gpu' else 'host'} "
+                 f"memory ran out first)")
         sentence += (f" It puts {limit_words} at bs≈{beyond}: the largest grid size under it with the model's "
-                     f"margin is bs={largest}.")
+                     f"margin{first} is bs={largest}.")
     if limit and not line.good(budget) and max(p for _, p in points) >= budget / 2:
         sentence += (" The points stray from the line (more than 5 % of the limit, or R² under 0.9): `refine: model` "
                      "would bisect here.")

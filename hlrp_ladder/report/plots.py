@@ -2,10 +2,11 @@
 growth forecast."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Optional
 
-from hlrp_ladder.probe.folder import MEMORY
+from hlrp_ladder.probe.folder import MEMORY, RANKS
 from hlrp_ladder.report.view import RunView
 from hlrp_ladder.search.forecast import point_bytes
 from hlrp_ladder.util.sizes import GIB, gib
@@ -38,6 +39,15 @@ def plot_memory(view: RunView, path: Path) -> Optional[Path]:
             ax.plot(df["t"], df["cgroup"] / GIB, linestyle="--", color=line.get_color(), linewidth=1.0)
         if df["working_set"].notna().any():
             ax.plot(df["t"], df["working_set"] / GIB, linestyle=":", color=line.get_color(), linewidth=1.0)
+        if rec.peaks.ranks:  # a distributed rung: one thin line per rank (its processes' RSS)
+            try:
+                ranks = pd.read_csv(view.store.root / rec.folder / RANKS)
+            except (OSError, ValueError, pd.errors.EmptyDataError):
+                ranks = pd.DataFrame()
+            styles = itertools.cycle(("-.", (0, (1, 1)), (0, (5, 1)), (0, (3, 1, 1, 1))))
+            for (rank, rows), style in zip(ranks.groupby("rank") if not ranks.empty else [], styles):
+                ax.plot(rows["t"], rows["rss"] / GIB, linestyle=style, color=line.get_color(), linewidth=0.8,
+                        label=f"  bs={rec.batch_size} rank {rank}")
         if rec.outcome.value != "ok" and rec.peaks.kernel_bytes:
             # A kill can come between two samples: mark the kernel's exact peak where the probe ended.
             ax.plot([df["t"].iloc[-1]], [rec.peaks.kernel_bytes / GIB], marker="x", markersize=9,

@@ -7,7 +7,7 @@ from typing import Optional
 
 from hlrp_ladder import overnight
 from hlrp_ladder.report.analysis import memory_fit
-from hlrp_ladder.report.tables import forecast_frame, frame
+from hlrp_ladder.report.tables import forecast_frame, frame, ranks_frame
 from hlrp_ladder.report.view import RunView
 from hlrp_ladder.search.words import probe_clause
 from hlrp_ladder.util.sizes import gib
@@ -114,6 +114,11 @@ def markdown(view: RunView, png_name: Optional[str], report_command: str,
             sched = f"; {ev.scheduler}" if ev.scheduler else ""
             lines.append(f"- {probe_clause(rec)}: {ev.detail}. Exit {ev.exit_code}{sig}{oom}{sched}{log}")
         lines.append("")
+    ranked = ranks_frame(view)
+    if not ranked.empty:
+        lines += ["## Ranks", "", "Each rank's peak RSS (its processes: those carrying its RANK) and GPU memory; "
+                  "imbalance is the worst rank's RSS peak over the ranks' mean.", "",
+                  ranked.astype(object).where(ranked.notna(), None).to_markdown(index=False, missingval="-"), ""]
     model = memory_fit(view)
     if model:
         lines += ["## Memory model", "", model["sentence"], ""]

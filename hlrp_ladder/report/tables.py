@@ -36,7 +36,8 @@ def frame(view: RunView) -> pd.DataFrame:
                if any(r.peaks.working_set_sampled_bytes is not None for r in view.records) else {}),
             f"sampled {rec.limits.metric} GiB": round(sampled / GIB, 3) if sampled else None,
             "% cap": _pct(rec.peaks.kernel_bytes, rec.limits.cap_bytes),
-            **({"GPU GiB": round((rec.peaks.gpu_sampled_bytes or 0) / GIB, 2)}
+            **({"GPU GiB": None if rec.peaks.gpu_sampled_bytes is None else
+                round(rec.peaks.gpu_sampled_bytes / GIB, 2)}
                if any(r.peaks.gpu_sampled_bytes is not None for r in view.records) else {}),
             "% soft": _pct(sampled, rec.limits.rss_limit_bytes),
             "s": round(rec.duration_s, 1),
@@ -91,3 +92,22 @@ def rich_table(view: RunView):
     for _, row in df.iterrows():
         table.add_row(*["-" if pd.isna(v) else str(v) for v in row.tolist()])
     return table
+
+
+def ranks_frame(view: RunView) -> pd.DataFrame:
+    """A distributed ladder's ranks: per probe, each rank's RSS (and GPU) peak and the imbalance (max / mean)."""
+    rows = []
+    for rec in view.records:
+        if not rec.peaks.ranks:
+            continue
+        row = {"phase": str(rec.phase), "bs": rec.batch_size, "outcome": rec.outcome.value,
+               "decided by": "-" if rec.evidence.rank is None else f"rank {rec.evidence.rank}"}
+        for rank, peak in sorted(rec.peaks.ranks.items(), key=lambda item: int(item[0])):
+            row[f"rank {rank} GiB"] = round(peak.rss_bytes / GIB, 3)
+            if peak.gpu_bytes is not None:
+                row[f"rank {rank} GPU GiB"] = round(peak.gpu_bytes / GIB, 2)
+        row["imbalance"] = None if rec.peaks.imbalance is None else round(rec.peaks.imbalance, 2)
+        rows.append(row)
+    import pandas as pd
+
+    return pd.DataFrame(rows)

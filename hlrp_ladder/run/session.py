@@ -119,7 +119,9 @@ def probe_request(spec: Spec, plan: Plan, store: RunStore, folder: str, *, batch
         kill_grace_s=spec.kill_grace_s if kill_grace_s is None else kill_grace_s, stop_grace_s=stop_grace_s,
         cgroup_name=safe_name(f"{spec.name}-{store.root.name}-{folder}"),
         probe_id=probe_id(spec.name, store.root.name, folder), check_interval=check_interval,
-        metrics_regex=spec.metrics_regex, cpus=cpus, expected_s=expected_s, gpu=gpu_request(spec, gpus))
+        metrics_regex=spec.metrics_regex, cpus=cpus, expected_s=expected_s,
+        gpu=gpu_request(spec, gpus) if plan.gpu_judged else None,
+        ranks=spec.launcher.ranks, per_rank=spec.memory.per_rank, rank_grace_s=spec.launcher.rank_grace_s)
 
 
 def gpu_request(spec: Spec, devices: Optional[list[int]]) -> GpuRequest:

@@ -1,7 +1,7 @@
 """The policy's two calls, pure functions over probe records: ``next_rung`` (the probe to run next, or None when
 the run has its verdict) and ``verdict`` (the pick and the sentences saying why, or why there is none).
 
-Only a *memory verdict* (``oom_killed``, ``child_oom``, ``rss_breach``, ``cuda_oom``, ``forecast_oom``) moves
+Only a *memory verdict* (``oom_killed``, ``child_oom``, ``rss_breach``, ``gpu_breach``, ``cuda_oom``, ``forecast_oom``) moves
 the search or rejects a candidate. An *inconclusive* probe (``error``, ``timeout``) says nothing about memory:
 it is retried (``retries``), and still inconclusive it ends the run as ``inconclusive`` (exit 5) with the
 reason. ``interrupted`` records are not verdicts: that probe is run again on resume.

@@ -23,4 +23,4 @@ def resolve(spec: Spec, total: int) -> Plan:
                 limit_bytes=limit, limit_name=name, headroom_bytes=memory.headroom_bytes(total),
                 rss_limit_bytes=memory.rss_limit_bytes(total), cap_bytes=memory.cap_bytes(total),
                 stress_weight=round(spec.stress.max_steps / spec.probe.max_steps, 2) if spec.stress else 6.0,
-                gpu_headroom=(spec.memory.gpu or GpuMemory()).headroom)
+                gpu_headroom=(spec.memory.gpu or GpuMemory()).headroom, gpu_judged=True)

@@ -40,6 +40,8 @@ class Plan:
     stress_weight: float = 6.0       # how much longer a stress probe runs than a one-val one (for scheduling)
     gpu_headroom: Optional[str] = "2GiB"  # memory.gpu.headroom, as written: a size, or a % of each record's GPU
                                      # limit (GPU limits resolve on the node a probe ran on: see Limits)
+    gpu_judged: bool = False         # the run judges GPU memory (False: a run started before it could; resumed
+                                     # as it began, its probes are not given a GPU limit)
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -37,7 +37,17 @@ def probe_clause(rec: ProbeRecord) -> str:
     head = f"bs={rec.batch_size}{phase} {rec.outcome.value}"
     if rec.outcome in (Outcome.oom_killed, Outcome.child_oom):
         under = f" under a {gib(lim.cap_bytes)} cap" if lim.cap_bytes else " (host out of memory)"
+        if ev.rank is not None:  # a distributed rung: the rank that died, its memory, what became of the others
+            rank = rec.peaks.ranks.get(str(ev.rank))
+            of = f"rank {ev.rank}" + (f" of {ev.world_size}" if ev.world_size else "")
+            at = f", {gib(rank.last_rss_bytes)}" if rank is not None and rank.last_rss_bytes else ""
+            return f"{head} ({of}{at}{under.replace(' (', '; ').rstrip(')')}" + \
+                (f"; {ev.rank_note})" if ev.rank_note else ")")
         return f"{head} at {gib(rec.peak_bytes)}{under}"
+    if rec.outcome == Outcome.rss_breach and ev.rank is not None and str(ev.rank) in rec.peaks.ranks:
+        rank = rec.peaks.ranks[str(ev.rank)]
+        of = f"rank {ev.rank}" + (f" of {ev.world_size}" if ev.world_size else "")
+        return f"{head} at {gib(rank.last_rss_bytes)} RSS of {of} over the {gib(lim.rss_limit_bytes)} per-rank soft limit"
     if rec.outcome == Outcome.rss_breach:
         sampled = rec.peaks.sampled_pss_bytes if lim.metric == "pss" else rec.peaks.sampled_rss_bytes
         return f"{head} at {gib(sampled)} {lim.metric.upper()} over the {gib(lim.rss_limit_bytes)} soft limit"
@@ -49,6 +59,8 @@ def probe_clause(rec: ProbeRecord) -> str:
             return f"{head}: {fc.reason}"
     if rec.outcome == Outcome.timeout:
         return f"{head} after {rec.duration_s:.0f} s"
+    if rec.outcome in (Outcome.error, Outcome.cuda_oom) and ev.rank is not None and ev.rank_note:
+        return f"{head} (rank {ev.rank}{f' of {ev.world_size}' if ev.world_size else ''} ended first; {ev.rank_note})"
     if rec.outcome in (Outcome.error, Outcome.cuda_oom):
         text = ev.log_line or ""
         line = f": {text[:117]}..." if len(text) > 120 else (f": {text}" if text else "")

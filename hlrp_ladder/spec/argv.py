@@ -2,6 +2,7 @@
 trainer and Hydra-style configs read them. Never a shell: the items are passed literally."""
 from __future__ import annotations
 
+import os
 from typing import Union
 
 Scalar = Union[bool, int, float, str, None]
@@ -14,6 +15,20 @@ def render(value: Scalar) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def launch(command: list[str], kind: str, ranks: int, gpus_per_task: int | None = None) -> list[str]:
+    """``command`` under its launcher: torchrun (through the command's own Python when it is one, so the same
+    interpreter runs every rank), srun, or as it is (none, spawn: it starts its own ranks)."""
+    if kind == "torchrun":
+        opts = ["--standalone", f"--nproc_per_node={ranks}"]
+        if command and os.path.basename(command[0]).startswith("python"):
+            return [command[0], "-m", "torch.distributed.run", *opts, *command[1:]]
+        return ["torchrun", *opts, *command]
+    if kind == "srun":
+        return ["srun", f"--ntasks={ranks}", *([f"--gpus-per-task={gpus_per_task}"] if gpus_per_task else []),
+                *command]
+    return list(command)
 
 
 def argv(command: list[str], items: dict[str, Scalar]) -> list[str]:

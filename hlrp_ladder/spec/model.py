@@ -11,8 +11,8 @@ from pydantic import AfterValidator, BeforeValidator, Field, PositiveInt, field_
 
 from hlrp_ladder.records import Phase
 from hlrp_ladder.spec import argv
-from hlrp_ladder.spec.sections import (CompareSpec, ExecutorSpec, ForecastConfig, Memory, MetricsRegex, Overnight,
-                                       Preflight, Range, Recipe, Scalar, Stress, _Strict)
+from hlrp_ladder.spec.sections import (CompareSpec, ExecutorSpec, ForecastConfig, Launcher, Memory, MetricsRegex,
+                                       Overnight, Preflight, Range, Recipe, Scalar, Stress, _Strict)
 from hlrp_ladder.util.masking import MASK, mask
 
 
@@ -57,6 +57,7 @@ class Spec(_Strict):
     overrides: dict[str, Scalar] = {}
     env: dict[str, str] = {}
     memory: Memory = Memory()
+    launcher: Launcher = Launcher()
     timeout_s: float = Field(900, gt=0)
     kill_grace_s: float = Field(5, ge=0)
     runs_dir: str = "runs"
@@ -99,7 +100,9 @@ class Spec(_Strict):
 
     # ---- derived -----------------------------------------------------------------------------------------
     def base_command(self) -> list[str]:
-        return list(self.command) if self.command else [sys.executable, "-m", "trainer.train"]
+        """The probe's command under its launcher (``launcher``: torchrun, srun, or as it is)."""
+        command = list(self.command) if self.command else [sys.executable, "-m", "trainer.train"]
+        return argv.launch(command, self.launcher.kind, self.launcher.nproc_per_node, self.launcher.gpus_per_task)
 
     def recipe(self, phase: Phase) -> Recipe:
         """The probe recipe of a phase: the stress recipe for ``stress``, the one-val one otherwise."""
@@ -132,6 +135,10 @@ class Spec(_Strict):
         for section, key in (("memory", "gpu"), ("executor", "gpus_per_probe")):
             if data[section].get(key) is None:
                 data[section].pop(key, None)
+        if not data["memory"].get("per_rank"):
+            data["memory"].pop("per_rank", None)
+        if data["launcher"]["kind"] == "none":
+            data.pop("launcher")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def masked(self) -> dict:

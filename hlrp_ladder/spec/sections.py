@@ -65,6 +65,26 @@ class Stress(_Strict):
     timeout_s: Optional[float] = Field(None, gt=0, description="default: timeout_s scaled by max_steps")
 
 
+class Launcher(_Strict):
+    """How a rung starts when it is a distributed job: its ranks are found in the tree by their environment
+    (RANK / SLURM_PROCID / OMPI_COMM_WORLD_RANK / PMI_RANK and the world size beside it), each rank's memory is
+    recorded, and the first rank to die decides."""
+    kind: Literal["none", "torchrun", "srun", "spawn"] = Field(
+        "none", description="torchrun: the command under `torchrun --standalone --nproc_per_node N`; srun: under "
+                            "`srun --ntasks N` inside the probe's SLURM job (sbatch --ntasks N); spawn: the command "
+                            "starts its own N ranks")
+    nproc_per_node: PositiveInt = Field(2, description="ranks: torchrun's --nproc_per_node, srun's --ntasks, or how "
+                                        "many the command spawns")
+    gpus_per_task: Optional[PositiveInt] = Field(None, description="srun: --gpus-per-task")
+    rank_grace_s: float = Field(30, gt=0, le=3600, description="how long the other ranks may run on after a rank "
+                                "ended with no memory verdict (an OOM-killed rank ends them at once); then they "
+                                "are killed and the probe is an error, not a wait for the collective's timeout")
+
+    @property
+    def ranks(self) -> int:
+        return 0 if self.kind == "none" else self.nproc_per_node
+
+
 class ForecastConfig(_Strict):
     warmup_cycles: int = Field(1, ge=0, description="validation cycles left out of the fit (buffers filling)")
 
@@ -159,6 +179,9 @@ class Memory(_Strict):
     headroom: Optional[Size] = Field(None, description="left free at the pick's peak — its working set under the "
                                      "cap, or its RSS under the soft limit without a cap: a size, or a % of that "
                                      "limit")
+    per_rank: bool = Field(False, description="a distributed rung: rss_limit applies to each rank (the cluster's "
+                           "--mem-per-cpu/--mem-per-gpu world) and headroom to the worst rank; the cap stays the "
+                           "whole job's")
     gpu: Optional[GpuMemory] = Field(None, description="GPU memory, judged per device (limit, headroom, cap). "
                                      "Left out: judged with the defaults wherever a probe sees a GPU; given: a "
                                      "probe that sees none is an error (and a preflight blocker)")
