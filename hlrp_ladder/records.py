@@ -276,6 +276,7 @@ class ProbeRequest(_Model):
     metrics_regex: MetricsPatterns = MetricsPatterns()
     gpu: Optional["GpuRequest"] = None       # judge GPU memory (None: a spec run before GPUs were judged)
     ranks: int = 0                           # a distributed rung's expected ranks (0: not one)
+    launcher: str = "none"                   # none | torchrun | spawn | srun (srun: the job asks --ntasks=ranks)
     per_rank: bool = False                   # rss_limit_bytes applies to each rank's RSS, not the tree's sum
     rank_grace_s: float = 30.0               # how long the others may run on after a rank ended (no memory verdict)
 

@@ -1,6 +1,7 @@
 """A rung that is a distributed job: ranks found by their environment, each rank's memory, the first rank to die
 decides at once. Real torchrun with torch's gloo backend on the CPU, and a script that spawns its own ranks with
 no agent (a survivor of a dead rank blocks in its collective); rank 0 holds 40 MiB more per sample."""
+import json
 import os
 import sys
 import time
@@ -135,3 +136,39 @@ def test_a_torchrun_ladder_stops_at_the_right_rung_and_names_the_rank(tmp_path, 
     assert rep.returncode == 0, rep.stderr
     text = next((tmp_path / "reports").glob("ddp-*.md")).read_text()
     assert "## Ranks" in text and "imbalance" in text
+
+
+@pytest.mark.pure
+def test_a_value_inherited_from_the_runners_own_step_is_no_rank():
+    batch = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_ID": "7"}     # the runner, in the batch step
+    assert rank_of(dict(batch), batch) is None                                  # the srun client it starts
+    assert rank_of({**batch, "SLURM_STEP_ID": "0"}, batch) == (0, 2)            # task 0 of step 0
+    assert rank_of({**batch, "SLURM_PROCID": "1", "SLURM_STEP_ID": "0"}, batch) == (1, 2)
+    assert rank_of({**batch, "RANK": "0", "WORLD_SIZE": "4"}, batch) == (0, 4)  # torchrun inside the batch step
+
+
+@pytest.mark.slurm
+@pytest.mark.process
+def test_an_srun_rung_inside_its_job_names_the_rank_the_kernel_killed(slurm, tmp_path, need_cgroup):
+    """The ranks are the job's srun tasks (sbatch --ntasks 2), in a step beside the runner's: found in the job's
+    cgroup by the probe's marker, their OOM kill counted in their own step's cgroup. Submitted by root here: the
+    ranks need torch (the repository's venv); nobody's venv is the light orchestrator alone."""
+    spec = tmp_path / "srun.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "srun", "command": [sys.executable, HOG, "steps=40", "step_s=0.05"], "batch_size_key": "batch_size",
+        "batch_sizes": [4, 24], "launcher": {"kind": "srun", "nproc_per_node": 2},
+        "probe": {"max_steps": 20, "check_interval": 10, "limit_batches": 1,
+                  "keys": {"max_steps": None, "check_interval": "check_interval", "limit_batches": None}},
+        "memory": {"cap": "1100MiB", "sample_interval_s": 0.05}, "warmup": False, "timeout_s": 120,
+        "executor": {"kind": "slurm", "slurm": {"cpus_per_task": 1}}, "runs_dir": str(tmp_path / "runs")}))
+    res = cli("run", str(spec), cwd=tmp_path, timeout=400)
+    said = res.stdout + res.stderr
+    assert res.returncode == 0, said[-3000:]
+    assert "pick: bs=4" in said
+    run = next((tmp_path / "runs" / "srun").iterdir())
+    ok = json.loads((run / "bs-0004" / "result.json").read_text())
+    assert set(ok["peaks"]["ranks"]) == {"0", "1"} and ok["peaks"]["world_size"] == 2
+    oom = json.loads((run / "bs-0024" / "result.json").read_text())
+    assert oom["outcome"] == "oom_killed" and oom["evidence"]["rank"] == 0, oom["evidence"]
+    assert "bs=24 oom_killed (rank 0 of 2, " in said
+    assert not slurm.queue()

@@ -10,6 +10,7 @@ OOM-killed it, is what the runner decides a distributed rung by: the others' dea
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
@@ -23,10 +24,15 @@ KEYS = (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS"), ("OMPI_COMM_WO
 CSV_HEADER = "t,rank,rss,gpu\n"
 
 
-def rank_of(environ: dict[str, str]) -> Optional[tuple[int, Optional[int]]]:
-    """(rank, world size) from a process's environment, or None for a process that is no rank."""
+def rank_of(environ: dict[str, str], own: Optional[dict[str, str]] = None) -> Optional[tuple[int, Optional[int]]]:
+    """(rank, world size) from a process's environment, or None for a process that is no rank. A value the process
+    inherited from the runner itself (``own``: inside a SLURM batch step every process has SLURM_PROCID=0, the
+    ``srun`` client too) is no rank: a task has its own step (SLURM_STEP_ID) or its own value."""
+    own = own or {}
     for rank_key, size_key in KEYS:
         value = environ.get(rank_key, "")
+        if rank_key in own and value == own[rank_key] and environ.get("SLURM_STEP_ID") == own.get("SLURM_STEP_ID"):
+            continue
         if value.isdigit():
             size = environ.get(size_key, "")
             return int(value), int(size) if size.isdigit() else None
@@ -58,7 +64,8 @@ class Rank:
 class Ranks:
     """The ranks seen so far in one probe's tree, with each rank's memory per sample."""
 
-    def __init__(self) -> None:
+    def __init__(self, own: Optional[dict[str, str]] = None) -> None:
+        self.own = dict(own if own is not None else os.environ)   # the runner's: what its children inherit
         self.ranks: dict[int, Rank] = {}
         self.world: Optional[int] = None
         self.checked: set[int] = set()     # pids whose environment was read (ranks or not)
@@ -70,7 +77,7 @@ class Ranks:
                 continue
             self.checked.add(pid)
             try:
-                found = rank_of(proc.environ())
+                found = rank_of(proc.environ(), self.own)
             except (psutil.Error, OSError):   # gone, or not ours to read
                 continue
             if found is None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+import psutil
+
 from hlrp_ladder.probe import cgroup as cgroups
 from hlrp_ladder.probe import gpu as gpus
 from hlrp_ladder.probe.folder import (ARGV, CSV_HEADER, LOG, MEMORY, METRICS, RANKS, RESULT, RUNNING, PeakTracker,
@@ -97,6 +99,10 @@ def _cgroup(request: ProbeRequest) -> tuple[Optional[cgroups.MemoryCgroup], str]
         cg, note = cgroups.enclosing()
         if cg is not None:
             note = "the job's own cgroup, capped by its scheduler; it counts this monitor too"
+        if cg is not None and request.launcher == "srun" and cgroups.job_of(cg) is not None:
+            # the ranks are the job's srun tasks, in a step beside this runner's: the job's cgroup holds both
+            cg, note = cgroups.job_of(cg), "the job's own cgroup, its srun tasks' step included; it counts this " \
+                                           "monitor too"
         return cg, note
     return cgroups.create(request.cgroup_name, request.cap_bytes, cgroups.Parent.parse(request.cgroup))
 
@@ -143,6 +149,9 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
     elif request.cap_bytes is not None and cg is not None and cg.shared and cg.limit() is None:
         cg_note += "; it has no memory limit: the cap is NOT enforced"
     oom_counter = cg.oom_counter_name if cg else "/proc/vmstat (system-wide)"
+    # An srun's tasks sit in their own step's cgroups: their OOM kills are counted there (v1), so the job's whole
+    # subtree is read.
+    count_ooms = (cg.subtree_oom_kills if request.launcher == "srun" else cg.oom_kills) if cg else None
     # opened before the spawn: kills from now on. With ranks too: the kernel log names the rank it OOM-killed.
     kernel_log = KernelLog() if cg is None or request.ranks else None
     killed: Optional[set[int]] = set()   # pids the kernel log named as OOM-killed so far (None: unreadable)
@@ -154,7 +163,7 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
         found = kernel_log.killed_pids()
         killed = None if found is None or killed is None else killed | found
         return killed
-    oom_before = cg.oom_kills() if cg else cgroups.vmstat_oom_kills()
+    oom_before = count_ooms() if cg else cgroups.vmstat_oom_kills()
 
     started_at = time.time()
     try:
@@ -174,7 +183,8 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
                        Ending(started_at, time.time(), 127, None, None, None, oom_counter, cg, cg_note, Peaks(), [],
                               0.0))
     pgid = proc.pid
-    sampler = TreeSampler(proc.pid, cg, with_pss=request.metric == "pss", gpu=gpu.reader)
+    sampler = TreeSampler(proc.pid, cg, with_pss=request.metric == "pss", gpu=gpu.reader,
+                          extra=_marked(cg, marker) if request.launcher == "srun" and cg is not None else None)
     live = LiveMetrics(folder / METRICS, folder / LOG, request.metrics_regex, sampler.start_wall,
                        request.check_interval)
     seen_pids: set[int] = {proc.pid}
@@ -228,7 +238,7 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
                     measured = ranks.worst_rss(sampler.rss_by_pid) or measured
                 first = ranks.first_ended() if stopper.reason is None else None
                 if first is not None:
-                    rank_end = _rank_end(ranks, first, cg, oom_before, read_kills(), request.rank_grace_s)
+                    rank_end = _rank_end(ranks, first, count_ooms, oom_before, read_kills(), request.rank_grace_s)
                     if rank_end is not None:
                         stopper.stop("rank_oom" if rank_end.oom else "rank_exit", 0, kill)
             if stopper.reason is not None:
@@ -272,7 +282,7 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
     kill(signal.SIGKILL)
     if cg is not None:
         peaks.kernel_bytes, peaks.kernel_source = cg.peak()
-    oom_after = cg.oom_kills() if cg else cgroups.vmstat_oom_kills()
+    oom_after = count_ooms() if cg else cgroups.vmstat_oom_kills()
     read_kills()
     victims = None if killed is None or kernel_log is None else killed & seen_pids
     if kernel_log is not None:
@@ -282,8 +292,8 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
         if rank_end is None and ((cg is not None and oom_after is not None and oom_before is not None
                                   and oom_after > oom_before) or (cg is None and victims)):
             # The launcher (torchrun's agent) ended the others before a sample saw the first one gone.
-            rank_end = _rank_end(ranks, ranks.named(victims or ()) or ranks.first_ended() or _earliest(ranks), cg,
-                                 oom_before, victims, 0.0, after=oom_after)
+            rank_end = _rank_end(ranks, ranks.named(victims or ()) or ranks.first_ended() or _earliest(ranks),
+                                 count_ooms, oom_before, victims, 0.0, after=oom_after)
             if rank_end is not None:
                 rank_end.by_runner = False
         elif rank_end is None and status not in (0, None) and stopper.reason is None and _earliest(ranks) is not None:
@@ -313,7 +323,26 @@ def _earliest(ranks: Ranks):
     return min(ended, key=lambda r: r.ended_at) if ended else None
 
 
-def _rank_end(ranks: Ranks, first, cg, oom_before: Optional[int], killed: Optional[set[int]], grace_s: float,
+def _marked(cg, marker: str):
+    """Members found in the job's whole cgroup subtree by the probe's marker (an srun's tasks carry the runner's
+    environment, slurmstepd and the batch script do not); each process's environment read once."""
+    seen: dict[int, bool] = {}
+
+    def find() -> list[int]:
+        out = []
+        for pid in cg.subtree_pids():
+            if pid not in seen:
+                try:
+                    seen[pid] = psutil.Process(pid).environ().get(MARKER_ENV) == marker
+                except (psutil.Error, OSError):
+                    seen[pid] = False
+            if seen[pid]:
+                out.append(pid)
+        return out
+    return find
+
+
+def _rank_end(ranks: Ranks, first, count_ooms, oom_before: Optional[int], killed: Optional[set[int]], grace_s: float,
               after: Optional[int] = None) -> Optional[RankEnd]:
     """Whether the first rank to end decides the rung now: OOM-killed (the probe's cgroup counted a kill, or the
     kernel log names one of its processes) decides at once; any other end once the others have run on for
@@ -321,9 +350,9 @@ def _rank_end(ranks: Ranks, first, cg, oom_before: Optional[int], killed: Option
     if first is None:
         return None
     named = bool(killed and first.pids & killed)
-    if after is None and cg is not None:
-        after = cg.oom_kills()
-    oom = named or (cg is not None and after is not None and oom_before is not None and after > oom_before)
+    if after is None and count_ooms is not None:
+        after = count_ooms()
+    oom = named or (count_ooms is not None and after is not None and oom_before is not None and after > oom_before)
     if not oom and time.monotonic() - first.ended_at < grace_s:
         return None
     return RankEnd(rank=first.rank, world=ranks.world, pid=min(first.pids), oom=oom,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import psutil
 
@@ -62,7 +62,7 @@ class TreeSampler:
     counted from the next one; the kernel's peak and cap miss nothing."""
 
     def __init__(self, root_pid: int, cgroup: Optional[MemoryCgroup], with_pss: bool, scan_every_s: float = 1.0,
-                 gpu: Optional[GpuReader] = None):
+                 gpu: Optional[GpuReader] = None, extra: Optional[Callable[[], list[int]]] = None):
         self.root_pid, self.cgroup, self.with_pss = root_pid, cgroup, with_pss
         self.root = psutil.Process(root_pid)
         self.known: dict[int, psutil.Process] = {root_pid: self.root}
@@ -71,6 +71,7 @@ class TreeSampler:
         self.scan_every_s, self.last_scan, self.gap = scan_every_s, float("-inf"), 0.1
         self.files = _OpenFiles()
         self.gpu = gpu
+        self.extra = extra                     # more members found elsewhere (an srun's tasks, outside the tree)
         self.rss_by_pid: dict[int, int] = {}   # the last sample's RSS of each process read (a rung's ranks)
 
     def refresh(self, force: bool = False) -> None:
@@ -81,6 +82,8 @@ class TreeSampler:
         try:
             found = self.cgroup.pids() if self.cgroup is not None else \
                 [child.pid for child in self.root.children(recursive=True)]
+            if self.extra is not None:
+                found += self.extra()
         except psutil.Error:
             return
         for pid in found:

@@ -121,7 +121,8 @@ def probe_request(spec: Spec, plan: Plan, store: RunStore, folder: str, *, batch
         probe_id=probe_id(spec.name, store.root.name, folder), check_interval=check_interval,
         metrics_regex=spec.metrics_regex, cpus=cpus, expected_s=expected_s,
         gpu=gpu_request(spec, gpus) if plan.gpu_judged else None,
-        ranks=spec.launcher.ranks, per_rank=spec.memory.per_rank, rank_grace_s=spec.launcher.rank_grace_s)
+        ranks=spec.launcher.ranks, per_rank=spec.memory.per_rank, rank_grace_s=spec.launcher.rank_grace_s,
+        launcher=spec.launcher.kind)
 
 
 def gpu_request(spec: Spec, devices: Optional[list[int]]) -> GpuRequest:

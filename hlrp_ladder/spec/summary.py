@@ -30,6 +30,11 @@ def summary_lines(spec: Spec, source: str, total: int) -> list[str]:
               f"headroom {gib(headroom)} under the {mem.fit_limit(total)[1]}" if headroom else ""]
     if any(extras):
         lines.append("; ".join(e for e in extras if e))
+    if spec.launcher.kind != "none":
+        lines.append(f"launcher: {spec.launcher.kind}, {spec.launcher.nproc_per_node} ranks, each rank's memory recorded; "
+                     f"the first rank to die decides (an OOM kill at once, another end after "
+                     f"{spec.launcher.rank_grace_s:g} s); limits " +
+                     ("per rank (memory.per_rank)" if mem.per_rank else "on the whole job"))
     g = mem.gpu
     lines.append(f"GPU memory: limit {g.limit} per device, headroom {g.headroom or 'none'}, "
                  f"{'cap ' + g.cap + ' (emulated)' if g.cap else 'no cap'}; required (no visible GPU is an error)"

@@ -128,6 +128,16 @@ def find_parent() -> tuple[Optional[Parent], str]:
     return None, "; ".join(reasons)
 
 
+def job_of(cg: MemoryCgroup) -> Optional[MemoryCgroup]:
+    """The SLURM job's own cgroup (``.../job_N``) above ``cg`` (the step's, where the runner sits): where the tasks
+    an ``srun`` inside the job starts sit too, in their own step. None outside a job."""
+    here = cg.members or cg.path
+    for folder in (here, *here.parents):
+        if re.fullmatch(r"job_\d+", folder.name):
+            return MemoryCgroup(cg.version, folder, shared=True, members=cg.members or cg.path)
+    return None
+
+
 def enclosing() -> tuple[Optional[MemoryCgroup], str]:
     """The cgroup this process sits in, read without root: inside a SLURM job, the nearest one up that carries
     the job's --mem (SLURM v1 puts a process in ``job_N/step_batch/task_0`` and the limit on ``step_batch``

@@ -115,6 +115,32 @@ class MemoryCgroup:
     def oom_counter_name(self) -> str:
         return f"cgroup v{self.version} " + ("memory.oom_control" if self.version == 1 else "memory.events")
 
+    def subtree_oom_kills(self) -> Optional[int]:
+        """OOM kills anywhere under this cgroup: v2's memory.events is hierarchical; v1 counts only the cgroup
+        the victim sat in, so every folder below is summed (a SLURM job's ``srun`` tasks sit in ``step_0/task_N``,
+        beside the runner's ``step_batch``)."""
+        if self.version == 2:
+            return self.oom_kills()
+        total, seen = 0, False
+        for folder, _, _ in os.walk(self.path):
+            try:
+                value = _counter(_read(Path(folder) / "memory.oom_control"), "oom_kill")
+            except OSError:
+                continue
+            if value is not None:
+                total, seen = total + value, True
+        return total if seen else None
+
+    def subtree_pids(self) -> list[int]:
+        """Every process in this cgroup and the cgroups below it (this one left out)."""
+        out: list[int] = []
+        for folder, _, _ in os.walk(self.path):
+            try:
+                out += [int(x) for x in _read(Path(folder) / "cgroup.procs").split()]
+            except (OSError, ValueError):
+                continue
+        return [p for p in out if p != os.getpid()]
+
     def pids(self) -> list[int]:
         try:
             found = [int(x) for x in _read(self.procs_file).split()]
