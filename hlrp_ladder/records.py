@@ -130,6 +130,7 @@ class Limits(_Model):
     gpu_cap_mechanism: str = ""              # "mps" (driver-enforced) | "torch" (PyTorch's allocator) | ""
     gpu_cap_covers: str = ""                 # what that mechanism limits, and what it does not
     gpu_note: str = ""                       # why GPU memory was not judged, when it was not
+    per_rank: bool = False                   # rss_limit_bytes held each rank (memory.per_rank): peaks.ranks judged
 
     @property
     def gpu_fit_bytes(self) -> Optional[int]:

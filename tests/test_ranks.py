@@ -31,7 +31,8 @@ def probe(tmp_path, argv, *, cap_mib=None, name="p", grace=30.0, per_rank=False,
 
 
 def spawned(bs, *extra):
-    return [sys.executable, HOG, "spawn=2", f"batch_size={bs}", "steps=60", "step_s=0.1", "gloo_timeout_s=300", *extra]
+    steps = [] if any(e.startswith("steps=") for e in extra) else ["steps=60"]
+    return [sys.executable, HOG, "spawn=2", f"batch_size={bs}", *steps, "step_s=0.1", "gloo_timeout_s=300", *extra]
 
 
 # ---- pure -----------------------------------------------------------------------------------------------------
@@ -57,6 +58,50 @@ def test_a_launcher_wraps_the_command():
     assert launch(["python3", "t.py"], "spawn", 2) == ["python3", "t.py"]
 
 
+def ranks_of(*specs):
+    """Ranks as the runner would hold them: (rank, ended_at or None, oom_in_interval, exit_code) each."""
+    from hlrp_ladder.probe.ranks import Rank, Ranks
+    from hlrp_ladder.records import RankPeak
+
+    ranks = Ranks(expected=len(specs), own={})
+    for rank, ended_at, oom, code in specs:
+        ranks.ranks[rank] = Rank(rank, RankPeak(pid=100 + rank, last_rss_bytes=1 << 30), {100 + rank: 1.0},
+                                 ended_at, oom, code)
+    ranks.world = len(specs)
+    return ranks
+
+
+@pytest.mark.pure
+def test_which_rank_the_kernel_killed_is_said_only_when_it_is_known():
+    decide = dict(failures={}, grace_s=0.0, agent=False)
+    # the kernel log names rank 1's process: certain, whatever ended first
+    end = ranks_of((0, 5.0, False, None), (1, None, False, None)).decide(killed={101}, oom_rose=True, **decide)
+    assert end.rank == 1 and end.oom and end.named_by == "named in the kernel log"
+    # no kernel log: the only rank that ended in the interval where the counter rose
+    end = ranks_of((0, 5.0, True, None), (1, None, False, None)).decide(killed=None, oom_rose=True, **decide)
+    assert end.rank == 0 and end.named_by.startswith("the only rank")
+    # two ended in one sample: a memory verdict, but no rank named
+    end = ranks_of((0, 5.0, True, None), (1, 5.0, True, None), (2, None, False, None)).decide(
+        killed=None, oom_rose=True, **decide)
+    assert end.oom and end.rank is None and "2 ranks ended in the same sample" in end.named_by
+    # the counter rose long before this rank ended (say, a worker earlier): not this rank's kill
+    end = ranks_of((0, 5.0, False, 0), (1, None, False, None)).decide(killed=None, oom_rose=True, **decide)
+    assert end is None
+
+
+@pytest.mark.pure
+def test_an_end_that_is_no_oom_kill_decides_only_with_its_failure_on_record():
+    grace = dict(killed=None, oom_rose=False, failures={}, grace_s=0.0)
+    assert ranks_of((1, 5.0, False, 0), (0, None, False, None)).decide(agent=False, **grace) is None  # exited 0
+    assert ranks_of((1, 5.0, False, None), (0, None, False, None)).decide(agent=False, **grace) is None  # unknown
+    end = ranks_of((1, 5.0, False, 1), (0, None, False, None)).decide(agent=False, **grace)
+    assert end.rank == 1 and not end.oom and end.exit_code == 1
+    assert ranks_of((1, 5.0, False, 1), (0, None, False, None)).decide(agent=True, **grace) is None  # torchrun's
+    srun = ranks_of((1, 5.0, False, None), (0, None, False, None)).decide(
+        killed=None, oom_rose=False, failures={1: 2}, grace_s=0.0, agent=False)
+    assert srun.rank == 1 and srun.exit_code == 2
+
+
 @pytest.mark.pure
 def test_the_first_rank_to_die_is_the_verdict_and_the_others_are_consequences():
     end = RankEnd(rank=0, world=2, pid=41, oom=True, named_by="named in the kernel log", rss_bytes=11 << 30,
@@ -77,25 +122,35 @@ def test_the_first_rank_to_die_is_the_verdict_and_the_others_are_consequences():
 # ---- real ranks -----------------------------------------------------------------------------------------------
 @pytest.mark.process
 def test_without_an_agent_the_oom_killed_rank_ends_the_rung_at_once(tmp_path, need_cgroup, marker):
+    # rank 1 is the one that holds more here: the rank is named from the kill, not from its number or pid order
     start = time.monotonic()
-    rec = probe(tmp_path, spawned(16, marker), cap_mib=1000, marker=marker)
+    rec = probe(tmp_path, spawned(16, "hog_rank=1", "survivors=hang", marker), cap_mib=1000, marker=marker)
     took = time.monotonic() - start
     assert rec.outcome == Outcome.oom_killed, rec.evidence
-    assert rec.evidence.rank == 0 and rec.evidence.world_size == 2
-    assert probe_clause(rec).startswith("bs=1 oom_killed (rank 0 of 2, ") and \
-        probe_clause(rec).endswith("under a 1000 MiB cap; rank 1 killed by the runner after it)")
-    # rank 1 would wait in its all_reduce for gloo's 300 s timeout; the runner killed it at once
+    assert rec.evidence.rank == 1 and rec.evidence.world_size == 2
+    assert probe_clause(rec).startswith("bs=1 oom_killed (rank 1 of 2, ") and \
+        probe_clause(rec).endswith("under a 1000 MiB cap; rank 0 killed by the runner after it)")
+    # rank 0 waits in the collective (survivors=hang) for the 120 s probe timeout; the runner killed it at once
     assert took < 30, took
-    assert set(rec.peaks.ranks) == {"0", "1"} and rec.peaks.ranks["0"].rss_bytes > rec.peaks.ranks["1"].rss_bytes
+    assert set(rec.peaks.ranks) == {"0", "1"} and rec.peaks.ranks["1"].rss_bytes > rec.peaks.ranks["0"].rss_bytes
     assert not alive_with(marker)
     assert (tmp_path / "p" / "ranks.csv").read_text().startswith("t,rank,rss,gpu\n")
+
+
+@pytest.mark.process
+def test_ranks_that_finish_apart_are_a_clean_run(tmp_path, marker):
+    # rank 1 exits 0 while rank 0 saves for 4 s more: longer than the grace, and no failure on record
+    rec = probe(tmp_path, spawned(2, "steps=10", "linger_rank=0", "linger_s=4", marker), grace=1.0, marker=marker)
+    assert rec.outcome == Outcome.ok, rec.evidence
+    assert rec.evidence.rank is None and rec.duration_s > 4
 
 
 @pytest.mark.process
 def test_a_rank_that_fails_for_another_reason_is_an_error_naming_it(tmp_path, marker):
     rec = probe(tmp_path, spawned(2, "fail_rank=1", "fail_at=5", marker), marker=marker)
     assert rec.outcome == Outcome.error and rec.evidence.rank == 1, rec.evidence
-    assert "rank 1 of 2 ended first" in rec.evidence.detail and "rank 0 ended after it" in rec.evidence.detail
+    assert "rank 1 of 2 ended first (pid " in rec.evidence.detail and ", exit 1)" in rec.evidence.detail
+    assert "rank 0 ended after it" in rec.evidence.detail
 
 
 @pytest.mark.process
@@ -104,16 +159,22 @@ def test_a_survivor_that_waits_in_its_collective_is_killed_after_the_grace_not_a
     rec = probe(tmp_path, spawned(2, "fail_rank=1", "fail_at=5", "survivors=hang", marker), grace=2.0, marker=marker)
     assert rec.outcome == Outcome.error and rec.evidence.rank == 1
     assert "rank 1 of 2 ended first" in rec.evidence.detail and "rank 0 ran on for 2 s" in rec.evidence.detail
+    assert "ValueError: a bad batch" in probe_clause(rec)
     assert time.monotonic() - start < 60      # the probe's timeout is 120 s, the survivor would sleep an hour
     assert not alive_with(marker)
 
 
 @pytest.mark.process
-def test_per_rank_the_soft_limit_applies_to_the_worst_rank(tmp_path, marker):
-    # rank 0 ~ 274 + 40 x 8 MiB, rank 1 ~ 274 MiB: together over 800 MiB, each under it but rank 0
-    rec = probe(tmp_path, spawned(8, marker), per_rank=True, rss_limit=500 * MIB, marker=marker)
-    assert rec.outcome == Outcome.rss_breach and rec.evidence.rank == 0
-    assert "of rank 0 of 2 over the 500 MiB per-rank soft limit" in probe_clause(rec)
+def test_per_rank_the_soft_limit_holds_each_rank_not_their_sum(tmp_path, marker):
+    # bs=2: rank 0 ~ 274 + 80 MiB, rank 1 ~ 274 MiB: together over 500 MiB, each under it
+    ok = probe(tmp_path, spawned(2, marker), per_rank=True, rss_limit=500 * MIB, marker=marker, name="ok")
+    assert ok.outcome == Outcome.ok, ok.evidence
+    assert ok.peaks.sampled_rss_bytes > 500 * MIB and max(r.rss_bytes for r in ok.peaks.ranks.values()) < 500 * MIB
+    # bs=8: rank 1 (the hog here) ~ 274 + 320 MiB crosses it
+    rec = probe(tmp_path, spawned(8, "hog_rank=1", marker), per_rank=True, rss_limit=500 * MIB, marker=marker,
+                name="breach")
+    assert rec.outcome == Outcome.rss_breach and rec.evidence.rank == 1
+    assert "of rank 1 of 2 over the 500 MiB per-rank soft limit" in probe_clause(rec)
 
 
 @pytest.mark.process
@@ -145,6 +206,8 @@ def test_a_value_inherited_from_the_runners_own_step_is_no_rank():
     assert rank_of({**batch, "SLURM_STEP_ID": "0"}, batch) == (0, 2)            # task 0 of step 0
     assert rank_of({**batch, "SLURM_PROCID": "1", "SLURM_STEP_ID": "0"}, batch) == (1, 2)
     assert rank_of({**batch, "RANK": "0", "WORLD_SIZE": "4"}, batch) == (0, 4)  # torchrun inside the batch step
+    assert rank_of({"RANK": "0", "WORLD_SIZE": "2"}, {"RANK": "0"}) == (0, 2)   # a runner's own RANK is no filter
+    assert rank_of({"LOCAL_RANK": "1"}) == (1, None)                            # Lightning's children
 
 
 @pytest.mark.slurm

@@ -186,7 +186,7 @@ def hub_cache(ctx: Context) -> Iterator[Finding]:
 
 @check("probe command")
 def probe_command(ctx: Context) -> Iterator[Finding]:
-    argv = ctx.spec.base_command()
+    argv = ctx.spec.trainer_command()  # the trainer, not its launcher (torchrun's module, srun)
     exe = argv[0] if os.sep in argv[0] else shutil.which(argv[0], path=_env(ctx).get("PATH"))
     if not exe or not os.access(exe, os.X_OK):
         yield Finding("probe command", FAIL, f"{argv[0]!r} is not an executable here", "fix command in the spec")

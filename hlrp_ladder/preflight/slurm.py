@@ -134,7 +134,7 @@ def shared_runs_dir(ctx: Context) -> Iterator[Finding]:
         yield Finding("slurm shared runs dir", FAIL, f"cannot write {base}: {exc.strerror or exc}")
         return
     token = uuid.uuid4().hex
-    argv = ctx.spec.base_command()
+    argv = ctx.spec.trainer_command()
     module = argv[2] if len(argv) >= 3 and argv[1] == "-m" else ""
     script = folder / "roundtrip.py"
     answer = folder / "answer.json"

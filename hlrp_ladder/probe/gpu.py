@@ -125,6 +125,7 @@ class GpuReader:
         self.sources: set[str] = set()
         self.by_pid: dict[int, int] = {}   # the last reading's GPU memory of each of the tree's processes
         self.unread = 0                    # samples whose GPU memory could not be attributed (not judged then)
+        self.attributed = True             # the last reading was per process (by_pid is whole)
 
     def _procs(self, device: Device) -> dict[int, int]:
         out: dict[int, int] = {}
@@ -146,7 +147,7 @@ class GpuReader:
         """Bytes on the tree's busiest device now; None when a device's share cannot be attributed."""
         pids = set(pids)
         worst = 0
-        self.by_pid = {}
+        self.by_pid, self.attributed = {}, True
         for d in self.devices:
             procs = self._procs(d)
             mine = [used for pid, used in procs.items() if pid in pids]
@@ -160,13 +161,16 @@ class GpuReader:
                 used = self._used(d)
                 if used is None:
                     self.unread += 1
+                    self.attributed = False
                     return None
                 value = max(0, used - self.baseline[d.index])
+                self.attributed = False
                 self.sources.add(f"nvml device used less its {gib(self.baseline[d.index])} at the start (NVML's "
                                  f"pids are not this namespace's; the probe was alone on the device)")
             elif not any(psutil.pid_exists(pid) for pid in procs):
                 self.sources.add("unattributed: NVML's pids are not this namespace's and the device was shared")
                 self.unread += 1
+                self.attributed = False
                 return None
             else:
                 value = 0  # another process of this machine, not the tree's

@@ -44,6 +44,11 @@ def rank_verdict(outcome: Outcome, ev: Evidence, end, log_tail: list[str]) -> tu
     others = ", ".join(map(str, end.others))
     plural = "s" if len(end.others) > 1 else ""
     of = f"rank {end.rank}" + (f" of {end.world}" if end.world else "")
+    if end.oom and end.rank is None:  # a memory verdict all the same; which rank, unknown
+        ev.rank_note = f"the ranks ended {'by the runner' if end.by_runner else 'together'}"
+        ev.detail = f"the kernel OOM-killed a process of the job; {end.named_by}"
+        ev.log_line = ev.log_line or _last([line for line in log_tail if line.strip()][-20:], MEMORY_HINT)
+        return Outcome.oom_killed, ev
     if end.oom:
         ev.rank_note = (f"rank{plural} {others} killed by the runner after it" if end.by_runner else
                         f"the launcher ended rank{plural} {others}") if others else ""
@@ -57,8 +62,11 @@ def rank_verdict(outcome: Outcome, ev: Evidence, end, log_tail: list[str]) -> tu
     if cuda:
         ev.log_line, ev.detail = cuda, f"the GPU ran out of memory: {of} ended first; {ev.rank_note}"
         return Outcome.cuda_oom, ev
-    ev.detail = (f"{of} ended first (pid {end.pid}) with no kernel OOM kill on record; {ev.rank_note}: not a "
-                 f"memory verdict")
+    status = "" if end.exit_code is None else (f", exit {end.exit_code}" if end.exit_code > 0 else
+                                               f", killed by signal {-end.exit_code}")
+    ev.detail = (f"{of} ended first (pid {end.pid}{status}) with no kernel OOM kill on record; {ev.rank_note}: "
+                 f"not a memory verdict")
+    ev.log_line = ev.log_line or _last([line for line in log_tail if line.strip()][-30:], ERROR_HINT)
     return Outcome.error, ev
 
 

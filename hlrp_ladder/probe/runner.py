@@ -29,7 +29,7 @@ from hlrp_ladder.probe.metrics import LiveMetrics
 from hlrp_ladder.probe.outcome import classify, rank_verdict
 from hlrp_ladder.probe.process import signal_tree, spawn, still_running
 from hlrp_ladder.probe.ranks import CSV_HEADER as RANKS_HEADER
-from hlrp_ladder.probe.ranks import RankEnd, Ranks
+from hlrp_ladder.probe.ranks import RankEnd, Ranks, srun_failures
 from hlrp_ladder.probe.sampler import TreeSampler
 from hlrp_ladder.records import MARKER_ENV, METRICS_ENV, Limits, Outcome, Peaks, ProbeRecord, ProbeRequest
 from hlrp_ladder.util.files import DiskFull, no_space, read_tail, write_json
@@ -60,6 +60,7 @@ class Ending:
     main_pid: Optional[int] = None
     gpu: gpus.GpuProbe = dataclasses.field(default_factory=gpus.GpuProbe)
     rank_end: Optional[RankEnd] = None       # a distributed rung: the rank whose end decided it
+    breach_rank: Optional[int] = None        # per_rank: the rank that crossed the soft limit
 
 
 def _env_diff(request: ProbeRequest, metrics_path: Path, marker: str) -> dict[str, str]:
@@ -151,7 +152,7 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
     oom_counter = cg.oom_counter_name if cg else "/proc/vmstat (system-wide)"
     # An srun's tasks sit in their own step's cgroups: their OOM kills are counted there (v1), so the job's whole
     # subtree is read.
-    count_ooms = (cg.subtree_oom_kills if request.launcher == "srun" else cg.oom_kills) if cg else None
+    count_ooms = (_subtree_counter(cg) if request.launcher == "srun" else cg.oom_kills) if cg else None
     # opened before the spawn: kills from now on. With ranks too: the kernel log names the rank it OOM-killed.
     kernel_log = KernelLog() if cg is None or request.ranks else None
     killed: Optional[set[int]] = set()   # pids the kernel log named as OOM-killed so far (None: unreadable)
@@ -194,8 +195,9 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
         seen_pids.update(sampler.known)
         signal_tree(pgid, list(sampler.known.values()), cg, sig)
 
-    ranks = Ranks() if request.ranks else None
+    ranks = Ranks(request.ranks) if request.ranks else None
     rank_end: Optional[RankEnd] = None
+    breach_rank: Optional[int] = None   # per_rank: the rank that crossed the soft limit
     ranks_csv = None
     tracker = PeakTracker()
     peaks = tracker.peaks
@@ -225,6 +227,8 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
             csv.write(sample.csv())
             if sample.t - flushed_at >= CSV_FLUSH_S:  # readers (the live view, status) see it within this long
                 csv.flush()
+                if ranks_csv is not None:
+                    ranks_csv.flush()
                 flushed_at = sample.t
             timeline.append((sample.t, sample.rss, sample.cgroup, sample.working_set, sample.gpu))
             live.poll(sample.t)
@@ -232,13 +236,20 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
             measured = sample.pss if request.metric == "pss" else sample.rss
             if ranks is not None:
                 ranks.scan(sampler.known)
-                for row in ranks.sample(sample.t, sampler.rss_by_pid, gpu.reader.by_pid if gpu.reader else None):
+                count = count_ooms() if count_ooms is not None else None
+                attributed = gpu.reader.by_pid if gpu.reader is not None and gpu.reader.attributed else None
+                for row in ranks.sample(sample.t, sampler.rss_by_pid, attributed, count):
                     ranks_csv.write(row)
                 if request.per_rank:  # each rank against the limit: the worst one is what is measured
-                    measured = ranks.worst_rss(sampler.rss_by_pid) or measured
-                first = ranks.first_ended() if stopper.reason is None else None
-                if first is not None:
-                    rank_end = _rank_end(ranks, first, count_ooms, oom_before, read_kills(), request.rank_grace_s)
+                    worst = ranks.worst_rss(sampler.rss_by_pid)
+                    measured, breach_rank = (worst[1], worst[0]) if worst else (None, None)  # not all found: no
+                    # comparison (the tree's sum against a per-rank limit would be a false breach)
+                    timeline[-1] = (sample.t, measured, *timeline[-1][2:])  # the forecast's points: the worst rank
+                if stopper.reason is None and ranks.ended():
+                    rank_end = ranks.decide(
+                        killed=read_kills(), oom_rose=_rose(oom_before, count), agent=request.launcher == "torchrun",
+                        failures=srun_failures(read_tail(folder / LOG)) if request.launcher == "srun" else {},
+                        grace_s=request.rank_grace_s)
                     if rank_end is not None:
                         stopper.stop("rank_oom" if rank_end.oom else "rank_exit", 0, kill)
             if stopper.reason is not None:
@@ -289,19 +300,17 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
         kernel_log.close()
     if ranks is not None:
         peaks.ranks, peaks.world_size = ranks.peaks(), ranks.world or request.ranks
-        if rank_end is None and ((cg is not None and oom_after is not None and oom_before is not None
-                                  and oom_after > oom_before) or (cg is None and victims)):
-            # The launcher (torchrun's agent) ended the others before a sample saw the first one gone.
-            rank_end = _rank_end(ranks, ranks.named(victims or ()) or ranks.first_ended() or _earliest(ranks),
-                                 count_ooms, oom_before, victims, 0.0, after=oom_after)
+        if gpu.reader is not None and gpu.reader.unread:
+            for rank_peak in peaks.ranks.values():
+                rank_peak.gpu_bytes = None
+        if rank_end is None and stopper.reason is None and status not in (0, None):
+            # The tree ended before a sample decided (torchrun's agent, or gloo's ranks failing on their own): what
+            # is on record decides, the launcher having ended the others.
+            rank_end = ranks.decide(killed=killed, oom_rose=_rose(oom_before, oom_after) if cg else bool(victims),
+                                    failures=srun_failures(read_tail(folder / LOG)) if request.launcher == "srun"
+                                    else {}, grace_s=0.0, agent=False, final=True)
             if rank_end is not None:
                 rank_end.by_runner = False
-        elif rank_end is None and status not in (0, None) and stopper.reason is None and _earliest(ranks) is not None:
-            # A rank failed first and the others followed on their own (gloo saw its socket close): name it.
-            first = _earliest(ranks)
-            rank_end = RankEnd(rank=first.rank, world=ranks.world, pid=min(first.pids), oom=False,
-                               named_by="the first to end", rss_bytes=first.peak.last_rss_bytes,
-                               others=[r for r in sorted(ranks.ranks) if r != first.rank], by_runner=False)
     if peaks.kernel_bytes is None and peaks.vmhwm_bytes:
         # wait4's ru_maxrss: the max VmHWM of the main process and the descendants it reaped.
         peaks.kernel_bytes, peaks.kernel_source = peaks.vmhwm_bytes, "VmHWM (wait4 ru_maxrss, largest process)"
@@ -315,12 +324,27 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
     gpu.stop()  # the MPS daemon goes before running.json does (a resume finds what running.json names)
     return _finish(request, live, Ending(started_at, exited_at, status, stopper.reason, oom_before, oom_after,
                                          oom_counter, cg, cg_note, peaks, timeline, exited_at - sampler.start_wall,
-                                         leftovers, victims if cg is None else None, proc.pid, gpu, rank_end))
+                                         leftovers, victims if cg is None else None, proc.pid, gpu, rank_end,
+                                         breach_rank if stopper.reason == "rss_breach" else None))
 
 
-def _earliest(ranks: Ranks):
-    ended = [r for r in ranks.ranks.values() if r.ended_at is not None]
-    return min(ended, key=lambda r: r.ended_at) if ended else None
+def _rose(before: Optional[int], now: Optional[int]) -> bool:
+    return before is not None and now is not None and now > before
+
+
+def _subtree_counter(cg):
+    """The job's OOM kills, every folder below counted (v1 counts a kill only where the victim sat), each folder's
+    largest value kept: slurmstepd removes a step's task folders when it ends, their counts with them."""
+    seen: dict[str, int] = {}
+
+    def count() -> Optional[int]:
+        now = cg.subtree_oom_counts()
+        if not now and not seen:
+            return None
+        for folder, value in now.items():
+            seen[folder] = max(seen.get(folder, 0), value)
+        return sum(seen.values())
+    return count
 
 
 def _marked(cg, marker: str):
@@ -342,26 +366,6 @@ def _marked(cg, marker: str):
     return find
 
 
-def _rank_end(ranks: Ranks, first, count_ooms, oom_before: Optional[int], killed: Optional[set[int]], grace_s: float,
-              after: Optional[int] = None) -> Optional[RankEnd]:
-    """Whether the first rank to end decides the rung now: OOM-killed (the probe's cgroup counted a kill, or the
-    kernel log names one of its processes) decides at once; any other end once the others have run on for
-    ``grace_s`` (a survivor waits in its collective). None: not yet."""
-    if first is None:
-        return None
-    named = bool(killed and first.pids & killed)
-    if after is None and count_ooms is not None:
-        after = count_ooms()
-    oom = named or (count_ooms is not None and after is not None and oom_before is not None and after > oom_before)
-    if not oom and time.monotonic() - first.ended_at < grace_s:
-        return None
-    return RankEnd(rank=first.rank, world=ranks.world, pid=min(first.pids), oom=oom,
-                   named_by="named in the kernel log" if named else
-                   "the first rank seen gone while the cgroup's oom_kill counter rose" if oom else "the first to end",
-                   rss_bytes=first.peak.last_rss_bytes, others=[r for r in sorted(ranks.ranks) if r != first.rank],
-                   grace_s=grace_s)
-
-
 def _reap(pid: int) -> None:
     try:
         os.waitpid(pid, 0)
@@ -378,10 +382,9 @@ def _finish(request: ProbeRequest, live: LiveMetrics, end: Ending) -> ProbeRecor
     if end.rank_end is not None and (end.stop_reason in ("rank_oom", "rank_exit") or end.rank_end.oom
                                      or (not end.rank_end.by_runner and outcome == Outcome.error)):
         outcome, evidence = rank_verdict(outcome, evidence, end.rank_end, tail)
-    elif outcome == Outcome.rss_breach and request.per_rank and end.peaks.ranks:
-        worst = max(end.peaks.ranks, key=lambda r: end.peaks.ranks[r].last_rss_bytes)
-        evidence.rank, evidence.world_size = int(worst), end.peaks.world_size
-        evidence.detail = f"the monitor killed the tree when rank {worst} crossed the per-rank soft limit"
+    elif outcome == Outcome.rss_breach and end.breach_rank is not None:
+        evidence.rank, evidence.world_size = end.breach_rank, end.peaks.world_size
+        evidence.detail = f"the monitor killed the tree when rank {end.breach_rank} crossed the per-rank soft limit"
     if end.stop_reason == "interrupted" and request.stop_grace_s > 0:
         evidence.detail = (f"stopped: SIGTERM, then up to {request.stop_grace_s:g} s to save its state; " +
                            ("it exited on its own" if end.status is not None and end.status >= 0 else
@@ -400,7 +403,7 @@ def _finish(request: ProbeRequest, live: LiveMetrics, end: Ending) -> ProbeRecor
         outcome=outcome, evidence=evidence, peaks=end.peaks,
         limits=end.gpu.record(Limits(metric=request.metric, rss_limit_bytes=request.rss_limit_bytes,
                                      cap_bytes=request.cap_bytes, cgroup=str(end.cgroup) if end.cgroup else None,
-                                     cgroup_note=end.cgroup_note)),
+                                     cgroup_note=end.cgroup_note, per_rank=request.per_rank and bool(end.peaks.ranks))),
         metrics=metrics, started_at=end.started_at, ended_at=end.exited_at,
         argv=mask_argv(request.argv))
     folder.write_record_once(record)

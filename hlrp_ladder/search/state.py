@@ -181,4 +181,6 @@ def fit_peak(rec: ProbeRecord, measure: str = "working set") -> int:
             return kernel
         missed = max(0, kernel - (rec.peaks.cgroup_sampled_bytes or kernel))
         return min(kernel, ws + missed)
+    if rec.limits.per_rank and rec.peaks.ranks:  # each rank against the limit: the worst rank's peak
+        return max(r.rss_bytes for r in rec.peaks.ranks.values())
     return max(rec.peaks.sampled_rss_bytes, rec.peaks.vmhwm_bytes or 0, rec.peaks.sampled_pss_bytes or 0)

@@ -37,6 +37,8 @@ def probe_clause(rec: ProbeRecord) -> str:
     head = f"bs={rec.batch_size}{phase} {rec.outcome.value}"
     if rec.outcome in (Outcome.oom_killed, Outcome.child_oom):
         under = f" under a {gib(lim.cap_bytes)} cap" if lim.cap_bytes else " (host out of memory)"
+        if ev.rank is None and ev.rank_note:  # a distributed rung whose killed rank cannot be told
+            return f"{head} at {gib(rec.peak_bytes)}{under} (which rank cannot be told; {ev.rank_note})"
         if ev.rank is not None:  # a distributed rung: the rank that died, its memory, what became of the others
             rank = rec.peaks.ranks.get(str(ev.rank))
             of = f"rank {ev.rank}" + (f" of {ev.world_size}" if ev.world_size else "")
@@ -60,7 +62,10 @@ def probe_clause(rec: ProbeRecord) -> str:
     if rec.outcome == Outcome.timeout:
         return f"{head} after {rec.duration_s:.0f} s"
     if rec.outcome in (Outcome.error, Outcome.cuda_oom) and ev.rank is not None and ev.rank_note:
-        return f"{head} (rank {ev.rank}{f' of {ev.world_size}' if ev.world_size else ''} ended first; {ev.rank_note})"
+        text = ev.log_line or ""
+        line = f": {text[:97]}..." if len(text) > 100 else (f": {text}" if text else "")
+        return (f"{head} (rank {ev.rank}{f' of {ev.world_size}' if ev.world_size else ''} ended first{line}; "
+                f"{ev.rank_note})")
     if rec.outcome in (Outcome.error, Outcome.cuda_oom):
         text = ev.log_line or ""
         line = f": {text[:117]}..." if len(text) > 120 else (f": {text}" if text else "")

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import AfterValidator, BeforeValidator, Field, PositiveInt, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, PositiveInt, field_validator, model_validator
 
 from hlrp_ladder.records import Phase
 from hlrp_ladder.spec import argv
@@ -99,10 +99,27 @@ class Spec(_Strict):
         return value
 
     # ---- derived -----------------------------------------------------------------------------------------
+    def trainer_command(self) -> list[str]:
+        """The trainer's own command, without its launcher (what preflight checks)."""
+        return list(self.command) if self.command else [sys.executable, "-m", "trainer.train"]
+
     def base_command(self) -> list[str]:
         """The probe's command under its launcher (``launcher``: torchrun, srun, or as it is)."""
-        command = list(self.command) if self.command else [sys.executable, "-m", "trainer.train"]
-        return argv.launch(command, self.launcher.kind, self.launcher.nproc_per_node, self.launcher.gpus_per_task)
+        return argv.launch(self.trainer_command(), self.launcher.kind, self.launcher.nproc_per_node,
+                           self.launcher.gpus_per_task)
+
+    @model_validator(mode="after")
+    def _launcher_fits(self) -> "Spec":
+        lau = self.launcher
+        if lau.kind == "srun" and self.executor.kind != "slurm":
+            raise ValueError("launcher.kind srun starts the ranks as the tasks of the probe's SLURM job: it needs "
+                             "executor.kind: slurm (locally, torchrun or spawn)")
+        if lau.gpus_per_task is not None and lau.kind != "srun":
+            raise ValueError("launcher.gpus_per_task is srun's --gpus-per-task: it needs launcher.kind: srun")
+        if self.memory.per_rank and (lau.kind == "none" or self.memory.metric != "rss"):
+            raise ValueError("memory.per_rank holds each rank's RSS to rss_limit: it needs a launcher (launcher.kind) "
+                             "and memory.metric: rss")
+        return self
 
     def recipe(self, phase: Phase) -> Recipe:
         """The probe recipe of a phase: the stress recipe for ``stress``, the one-val one otherwise."""

@@ -210,8 +210,8 @@ class SlurmExecutor:
                 f"--chdir={request.cwd}", "--export=ALL", "--no-requeue", f"--cpus-per-task={s.cpus_per_task}"]
         if request.cap_bytes is not None:
             args.append(f"--mem={math.ceil(request.cap_bytes / MIB)}M")
-        if request.launcher == "srun":  # the runner's srun starts the ranks as the job's tasks
-            args.append(f"--ntasks={request.ranks}")
+        if request.launcher == "srun":  # the runner's srun starts the ranks as the job's tasks, on its node
+            args += [f"--ntasks={request.ranks}", "--nodes=1"]
         if request.gpu is not None and request.gpu.count and not s.gres:
             args.append(f"--gres=gpu:{request.gpu.count}")
         limit = time_limit(s, request.timeout_s, request.expected_s)

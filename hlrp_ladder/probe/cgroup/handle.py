@@ -115,21 +115,22 @@ class MemoryCgroup:
     def oom_counter_name(self) -> str:
         return f"cgroup v{self.version} " + ("memory.oom_control" if self.version == 1 else "memory.events")
 
-    def subtree_oom_kills(self) -> Optional[int]:
-        """OOM kills anywhere under this cgroup: v2's memory.events is hierarchical; v1 counts only the cgroup
-        the victim sat in, so every folder below is summed (a SLURM job's ``srun`` tasks sit in ``step_0/task_N``,
-        beside the runner's ``step_batch``)."""
+    def subtree_oom_counts(self) -> dict[str, int]:
+        """OOM kills anywhere under this cgroup, per folder: v2's memory.events is hierarchical (one entry); v1
+        counts a kill only in the cgroup the victim sat in, so every folder below is read (a SLURM job's ``srun``
+        tasks sit in ``step_0/task_N``, beside the runner's ``step_batch``)."""
         if self.version == 2:
-            return self.oom_kills()
-        total, seen = 0, False
+            value = self.oom_kills()
+            return {} if value is None else {str(self.path): value}
+        out = {}
         for folder, _, _ in os.walk(self.path):
             try:
                 value = _counter(_read(Path(folder) / "memory.oom_control"), "oom_kill")
             except OSError:
                 continue
             if value is not None:
-                total, seen = total + value, True
-        return total if seen else None
+                out[folder] = value
+        return out
 
     def subtree_pids(self) -> list[int]:
         """Every process in this cgroup and the cgroups below it (this one left out)."""
