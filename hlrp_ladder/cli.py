@@ -175,14 +175,17 @@ def report(run: Optional[str] = typer.Argument(None, help="run folder, NAME/RUN-
            fmt: Format = typer.Option(Format.md, "--format", help="md writes markdown + PNG; json/csv also print"),
            runs_dir: Path = typer.Option(Path("runs"), help="where runs are (default ./runs)"),
            spec_path: Optional[Path] = typer.Option(None, "--spec", help="take runs_dir and name from a spec"),
-           out_dir: Path = typer.Option(Path("reports"), "--out", help="where reports are written")):
+           out_dir: Path = typer.Option(Path("reports"), "--out", help="where reports are written"),
+           of_compare: bool = typer.Option(False, "--compare", help="with --spec: its latest compare run (default: "
+                                           "its latest ladder run)")):
     """Write reports/<name>-<run-id>.md (or .json/.csv) for a run (a ladder or a compare matrix) and print its
     table."""
-    name = None
+    name, kind = None, None
     if spec_path is not None:
         spec = load_spec(spec_path)
         runs_dir, name = Path(spec.runs_dir), spec.name
-    store = RunStore.find(runs_dir, run, name)
+        kind = "compare" if of_compare else "ladder"  # a spec names both kinds of run: the ladder unless asked
+    store = RunStore.find(runs_dir, run, name, kind=kind)
     reports = compare_report if store.kind == "compare" else ladder_report
     view = compare_report.load(store) if store.kind == "compare" else ladder_report.load_run(store)
     path = reports.write(view, out_dir, fmt.value, shlex.join(["hlrp-ladder", "report", *sys.argv[2:]]))
@@ -229,12 +232,13 @@ def launch_overnight(run: Optional[str] = typer.Argument(None, help="the ladder 
     store, spec = _run_and_spec(run, runs_dir, spec_path)
     executor = executors.create(spec)
     launch = overnight.plan_launch(spec, store, executor, pick, force)
+    if not dry_run:
+        overnight.refuse_if_live(store, force)  # before the plan is printed: a refusal is one line
     for line in overnight.launch_lines(launch):
         out.print(line, highlight=False, markup=False)
     if dry_run:
         out.print("dry run: nothing started", highlight=False)
         return
-    overnight.refuse_if_live(store, force)
     _preflight(spec, spec_path or store.root / "spec.yaml", skip_preflight)
     started = overnight.start(store, executor, launch, force)
     out.print(f"started: {started}; watch: {launch.watch}; hlrp-ladder status {store.root}", highlight=False,
@@ -257,6 +261,31 @@ def status(run: Optional[str] = typer.Argument(None, help="the ladder run (defau
         print(json.dumps(st, indent=2))
         return
     for line in overnight.status_lines(st):
+        out.print(line, highlight=False, markup=False)
+
+
+@app.command("stop")
+@user_errors
+def stop(run: Optional[str] = typer.Argument(None, help="the ladder run (default: the latest)"),
+         runs_dir: Path = typer.Option(Path("runs"), help="where runs are"),
+         spec_path: Optional[Path] = typer.Option(None, "--spec")):
+    """Stop the long run gently, on any executor: SIGTERM, overnight.kill_grace_s to save its state, then SIGKILL
+    (on SLURM: scancel --signal=TERM to its runner); recorded as interrupted by the user."""
+    if spec_path is not None:
+        spec = load_spec(spec_path)
+        runs_dir = Path(spec.runs_dir)
+    store = RunStore.find(runs_dir, run, spec.name if spec_path is not None else None, kind="ladder")
+    live = overnight.live_runs(store)
+    if not live:
+        out.print(f"{store.root}: no long run is running (hlrp-ladder status shows the last one)", highlight=False,
+                  markup=False)
+        return
+    for folder, handle in live:
+        grace = handle.request.stop_grace_s
+        err.print(f"stopping {folder} ({handle.where()}): SIGTERM, up to {grace:g} s to save its state, then "
+                  f"SIGKILL", highlight=False, markup=False)
+        overnight.stop(folder)
+    for line in overnight.status_lines(overnight.status_of(store)):
         out.print(line, highlight=False, markup=False)
 
 

@@ -165,6 +165,8 @@ class Metrics(_Model):
                                              # start-up left out, and every window that holds a validation
     steady_windows: int = 0                  # how many windows that is
     steady_cv: Optional[float] = None        # their rates' spread (standard deviation / mean): the within-run noise
+    rate_source: str = ""                    # a regex-read trainer's step/s: "regex" (step/s or a step time) |
+                                             # "wall between metric lines" (steps printed / seconds between them)
     skipped_lines: int = 0                   # lines of the log or metrics file skipped for their length (> 1 MiB)
     unread_bytes: int = 0                    # of them, left unread: written faster than the monitor could follow
     torch_allocated_bytes: Optional[int] = None      # torch's own GPU figures, the largest any event reported
@@ -236,9 +238,12 @@ class Forecast(_Model):
 
 
 class MetricsPatterns(_Model):
-    """For trainers that do not write HLRP_LADDER_METRICS: a regex per metric, group 1 is the number."""
+    """For trainers that do not write HLRP_LADDER_METRICS: a regex per metric. The number is the named group
+    ``value`` (else group 1, else the match); a named group ``step`` is the step the trainer printed it at."""
     step_per_s: Optional[str] = None
     samples_per_s: Optional[str] = None
+    step_time_ms: Optional[str] = None       # time per step, in ms or s: turned into step/s (and samples/s x the
+    step_time_s: Optional[str] = None        # probe's batch size)
     val_loss: Optional[str] = None
 
 

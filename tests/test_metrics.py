@@ -73,3 +73,43 @@ def test_rates_skip_the_first_window(tmp_path):
               ((5, 1.0), (10, 4.0), (15, 6.0))]
     m = feed(tmp_path, {1.0: events})
     assert m.step_per_s == 5.0 and m.samples_per_s == 40.0
+
+
+NANOGPT = MetricsPatterns(val_loss=r"step (?P<step>\d+): train loss [0-9.]+, val loss (?P<value>[0-9.]+)",
+                          step_time_ms=r"iter (?P<step>\d+): loss [0-9.]+, time (?P<value>[0-9.]+)ms")
+
+
+def test_a_regex_read_trainer_places_validations_at_the_steps_it_printed(tmp_path):
+    # nanoGPT validates at step 0 too: counted as the k-th validation it would sit at 30/60/90
+    log = {0.5: ["step 0: train loss 4.2000, val loss 4.2100"],
+           1.0: [f"iter {i}: loss 4.1, time 50.00ms" for i in range(0, 30)],
+           1.5: ["step 30: train loss 3.2000, val loss 3.3000"],
+           2.0: [f"iter {i}: loss 3.1, time 40.00ms" for i in range(30, 60)],
+           2.5: ["step 60: train loss 2.2000, val loss 2.3000"]}
+    m = feed(tmp_path, {}, regex=NANOGPT, log_at=log, interval=30)
+    assert [p.step for p in m.val_points] == [0, 30, 60] and m.last_step == 60
+    assert m.val_loss == 2.3 and m.source == "regex"
+    # 30 steps at 50 ms, 30 at 40 ms: the median of 1000 / ms, the first (start-up) value left out, as for events
+    assert m.step_per_s == pytest.approx(25.0)
+
+
+def test_step_time_gives_samples_per_second_at_the_probes_batch_size(tmp_path):
+    live = LiveMetrics(tmp_path / "m.jsonl", tmp_path / "log.txt", NANOGPT, START, 10, batch_size=12)
+    (tmp_path / "log.txt").write_text("".join(f"iter {i}: loss 1.0, time 100.00ms\n" for i in range(5)))
+    live.poll(1.0)
+    m = live.finish(TIMELINE, end_t=2.6)
+    assert m.step_per_s == pytest.approx(10.0) and m.samples_per_s == pytest.approx(120.0) and m.last_step == 4
+
+
+def test_a_regex_with_other_named_groups_is_a_spec_error():
+    from hlrp_ladder.spec.sections import MetricsRegex
+
+    with pytest.raises(ValueError, match="named groups may be 'value' and 'step' only"):
+        MetricsRegex(val_loss=r"val (?P<loss>[0-9.]+)")
+
+
+def test_without_a_rate_the_steps_printed_over_the_seconds_between_their_lines_give_one(tmp_path):
+    regex = MetricsPatterns(val_loss=r"step (?P<step>\d+): val loss (?P<value>[0-9.]+)")
+    log = {0.5: ["step 0: val loss 4.0"], 1.5: ["step 10: val loss 3.0"], 2.5: ["step 20: val loss 2.0"]}
+    m = feed(tmp_path, {}, regex=regex, log_at=log)
+    assert m.step_per_s == pytest.approx(10.0) and m.rate_source == "wall between metric lines"

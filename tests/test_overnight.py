@@ -105,10 +105,13 @@ def test_dry_run_starts_nothing(tmp_path, marker):
 def test_second_launch_is_refused_while_one_is_alive_and_force_replaces_it(tmp_path, tmux_cleanup, marker):
     ladder(tmp_path, overnight="{max_steps: 100000, check_interval: 1000, limit_batches: 1}", extra_args=[marker])
     runs = str(tmp_path / "runs")
+    none = cli("status", "--runs-dir", runs, cwd=tmp_path)   # before any launch: how to launch one, --pick included
+    assert none.returncode == 2 and "no overnight run launched (hlrp-ladder launch-overnight" in none.stderr and \
+        "--pick stable)" in none.stderr
     assert cli("launch-overnight", "--pick", "stable", "--runs-dir", runs, cwd=tmp_path).returncode == 0
     first = wait_state(tmp_path, "running")
     again = cli("launch-overnight", "--pick", "stable", "--runs-dir", runs, cwd=tmp_path)
-    assert again.returncode == 2
+    assert again.returncode == 2 and again.stdout == ""  # one line, not the plan first
     assert again.stderr.startswith(f"error: an overnight run is alive: {first['folder']} (bs=4, pid "
                                    f"{first['runner_pid']}")
     forced = cli("launch-overnight", "--pick", "stable", "--force", "--runs-dir", runs, cwd=tmp_path)
@@ -269,3 +272,19 @@ def test_killing_the_tmux_session_gives_the_long_run_its_grace_to_save(tmp_path,
     assert ended["evidence"]["exit_code"] == 0  # it finished saving and exited on its own, within the grace
     assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])
                 and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_stop_ends_the_long_run_gently_and_records_it_interrupted(tmp_path, tmux_cleanup, marker):
+    ladder(tmp_path, overnight="{max_steps: 100000, check_interval: 1000, limit_batches: 1, kill_grace_s: 5}",
+           extra_args=[marker])
+    runs = str(tmp_path / "runs")
+    assert cli("launch-overnight", "--pick", "stable", "--runs-dir", runs, cwd=tmp_path).returncode == 0
+    trainer_up(wait_state(tmp_path, "running"), marker)
+    res = cli("stop", "--runs-dir", runs, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "SIGTERM, up to 5 s to save its state, then SIGKILL" in res.stderr
+    assert "ENDED" in res.stdout and "bs=4 overnight interrupted" in res.stdout
+    assert status(tmp_path)["outcome"] == "interrupted"
+    assert not alive_with(marker)
+    again = cli("stop", "--runs-dir", runs, cwd=tmp_path)
+    assert again.returncode == 0 and "no long run is running" in again.stdout

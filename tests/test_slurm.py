@@ -256,3 +256,19 @@ def test_a_compare_matrix_through_slurm_finds_the_known_cost(slurm, user_env):
     assert len(data["runs"]) == 4 and all("COMPLETED" in r["evidence"]["scheduler"] for r in data["runs"])
     assert data["pairs"][0]["metrics"]["step_per_s"]["verdict"] == "slower"
     assert not slurm.queue("hlrp-cmpsl")
+
+
+def test_stop_ends_the_long_run_on_slurm_and_records_it_interrupted(slurm, user_env):
+    spec = write_spec(user_env, "stopme", batch_sizes="[2, 4]",
+                      extra="overnight: {hours: 1, check_interval: 100, limit_batches: 1, kill_grace_s: 5}\n")
+    assert user_env.cli("run", str(spec)).returncode == 0
+    res = user_env.cli("launch-overnight", "--pick", "stable", "--runs-dir", str(user_env.work / "runs"))
+    assert res.returncode == 0, res.stderr
+    st = wait_for(lambda: (lambda s: s if s["state"] == "running" else None)(
+        json.loads(user_env.cli("status", "--json", "--spec", str(spec)).stdout)), 60)
+    res = user_env.cli("stop", "--spec", str(spec))
+    assert res.returncode == 0, res.stderr
+    assert f"(SLURM job {st['job_id']}" in res.stderr and "SIGTERM, up to 5 s to save its state" in res.stderr
+    ended = json.loads(user_env.cli("status", "--json", "--spec", str(spec)).stdout)
+    assert ended["state"] == "ended" and ended["outcome"] == "interrupted", ended
+    assert not slurm.queue()

@@ -88,7 +88,7 @@ def effective(spec: Spec, name: str, batch_size: int, seed: Optional[int] = None
             items[key] = value
     items.update(overrides)
     items[spec.batch_size_key] = batch_size
-    return argvs.argv(spec.base_command(), items), {**spec.env, **env}
+    return argvs.argv(spec.base_command(), items, spec.bools()), {**spec.env, **env}
 
 
 def settings(spec: Spec, name: str, batch_size: int) -> dict[str, str]:
@@ -298,6 +298,8 @@ def summary_lines(spec: Spec) -> list[str]:
              f"validation every {cmp.check_interval}"]
     for name in cmp.variants:
         argv, env = effective(spec, name, at)
+        if cmp.batch_size == "pick":  # no batch size yet: say so, rather than show a 0 the trainer never gets
+            argv = [f"{spec.batch_size_key}=<pick>" if a == f"{spec.batch_size_key}=0" else a for a in argv]
         extra = {k: v for k, v in env.items() if k not in spec.env}
         lines.append(f"  {name}: {shlex.join(mask_argv(argv))}" +
                      (f"   env {' '.join(f'{k}={v}' for k, v in mask(extra).items())}" if extra else ""))

@@ -204,6 +204,10 @@ def markdown(view: CompareView, results: list[dict], png: Optional[str], command
                   f"while a pair's throughput was undecided, up to {cmp.most_repeats()} runs a side: each round is "
                   f"another look at the data, so every interval is Bonferroni-corrected for the "
                   f"{compare.looks(cmp)} looks allowed (95 % family-wise). {_rounds(view)} round(s) were run.")
+    walls = sorted({r.variant for r in view.records if r.metrics.rate_source == "wall between metric lines"})
+    if walls:
+        noise += (f" Runs of {', '.join(walls)} had neither a step rate nor a step time to read: their step/s is the "
+                  f"steps the trainer printed over the seconds between those lines (validations included).")
     if cmp.repeats < 2 and compare.looks(cmp) == 1:
         noise += " With `repeats: 1` there is no variance to estimate: no noise band exists, and the verdicts say so."
     df, pf = runs_frame(view), pairs_frame(view, results)

@@ -3,6 +3,7 @@ ladder's forecast, the last metrics, and how it ended with its evidence."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Optional
@@ -21,7 +22,8 @@ def status_of(store: RunStore) -> dict:
     """The latest long run of ``store`` as a dict (``status --json``)."""
     runs = folders(store)
     if not runs:
-        raise LaunchError(f"{store.root}: no overnight run launched (hlrp-ladder launch-overnight {store.root})")
+        raise LaunchError(f"{store.root}: no overnight run launched (hlrp-ladder launch-overnight {store.root} "
+                          f"--pick stable)")
     folder = runs[-1]
     probe = ProbeFolder(folder)
     req = probe.request()
@@ -51,7 +53,7 @@ def status_of(store: RunStore) -> dict:
         out.update(state="lost", detail="its runner is gone and left no record (killed with SIGKILL, or the machine "
                                         "rebooted?); the last heartbeat is below",
                    rss_bytes=beat.get("rss"), peak_rss_bytes=beat.get("peak_rss"))
-    out["metrics"] = _last_metrics(folder / METRICS)
+    out["metrics"] = _last_metrics(folder / METRICS) or _last_regex_metrics(folder / LOG, req)
     out["forecast"] = _ladder_forecast(store, req.batch_size)
     return out
 
@@ -95,7 +97,9 @@ def status_lines(st: dict) -> list[str]:
         elapsed = f"elapsed {st['elapsed_s'] / 60:.1f} min; " if st.get("elapsed_s") is not None else ""
         what = "working set" if ws else "memory"
         charged = f" (charged with page cache: {gib(st.get('cgroup_bytes'))} now)" if ws else ""
-        lines.append(f"{elapsed}{what} {gib(now)} now, {gib(peak)} at peak, against the {limit}{charged}")
+        age = st.get("heartbeat_age_s")
+        beat = f" (heartbeat {age:.0f} s ago)" if age is not None else " (no heartbeat yet)"
+        lines.append(f"{elapsed}{what} {gib(now)} now, {gib(peak)} at peak, against the {limit}{charged}{beat}")
         if st["state"] == "lost":
             lines.append(st["detail"])
     if st.get("ranks"):  # a distributed long run: each rank, now (running) or at its peak (ended)
@@ -129,6 +133,37 @@ def _last_metrics(path: Path) -> dict:
             last.update(val_step=event.get("step"), val_loss=event.get("val_loss"))
         elif event.get("event") == "done":
             last.update(step=event.get("step"), artifact=event.get("artifact"))
+    return last
+
+
+def _last_regex_metrics(log: Path, request) -> dict:
+    """A regex-read trainer's latest figures, from the end of its log (metrics_regex: named groups value, step;
+    a step time becomes step/s, and samples/s at the run's batch size)."""
+    patterns = {name: re.compile(getattr(request.metrics_regex, name)) for name in
+                ("step_per_s", "samples_per_s", "step_time_ms", "step_time_s", "val_loss")
+                if getattr(request.metrics_regex, name)}
+    last: dict = {}
+    for line in read_tail(log, 256 << 10)[-2000:]:
+        for name, pattern in patterns.items():
+            match = pattern.search(line)
+            if not match:
+                continue
+            try:
+                value = float(match.group("value") if "value" in pattern.groupindex else
+                              match.group(1) if match.groups() else match.group(0))
+                step = int(match.group("step")) if "step" in pattern.groupindex else None
+            except (TypeError, ValueError):
+                continue
+            if step is not None:
+                last["step"] = step
+            if name == "val_loss":
+                last.update(val_loss=value, val_step=step)
+            elif name in ("step_time_ms", "step_time_s") and value > 0:
+                last["step_per_s"] = (1000 if name == "step_time_ms" else 1) / value
+            else:
+                last[name] = value
+    if last.get("step_per_s") and "samples_per_s" not in last:
+        last["samples_per_s"] = last["step_per_s"] * request.batch_size
     return last
 
 

@@ -121,6 +121,13 @@ def output_dirs(ctx: Context) -> Iterator[Finding]:
     dirs = {key: value for key, value in _overrides(ctx).items()
             if key not in ctx.claimed and key.endswith(("_dir", ".dir")) and looks_like_path(value)}
     for key, value in sorted(dirs.items()):
+        if PROBE_DIR in value:  # each probe's own folder: made by the runner
+            yield Finding(f"dir {key}", OK, f"{value}: inside each probe's own folder")
+            continue
+        if ctx.spec.executor.max_parallel > 1:
+            yield Finding(f"dir {key}", WARN, f"{value} is one folder for every probe, and "
+                          f"{ctx.spec.executor.max_parallel} run at once: they write the same files",
+                          f"give each probe its own: {key}={PROBE_DIR}/{key.lstrip('-').split('.')[-1]}")
         why = writable_dir(Path(os.path.expanduser(value)))
         if why is None:
             yield Finding(f"dir {key}", OK, f"{value} is writable")
@@ -129,6 +136,7 @@ def output_dirs(ctx: Context) -> Iterator[Finding]:
                           f"add the override {key}=/tmp/{ctx.spec.name}-{key.split('.')[-1]} (or make it writable)")
 
 
+PROBE_DIR = "{probe_dir}"   # in an override or env value: the probe's own folder (run/session.probe_request)
 PATH_EXTENSIONS = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".json", ".yaml", ".yml", ".npz", ".npy", ".h5",
                    ".pkl", ".pickle", ".tar", ".gz", ".zip", ".msgpack", ".onnx", ".txt", ".csv", ".parquet")
 
@@ -222,7 +230,10 @@ def overnight(ctx: Context) -> Iterator[Finding]:
     if night.max_steps is None and night.hours is None:
         yield Finding("overnight", FAIL, "overnight needs max_steps or hours", "add overnight.max_steps: N")
     tmux = shutil.which("tmux")
-    if tmux:
+    if ctx.spec.executor.kind == "slurm":
+        yield Finding("overnight start", OK, "the long run starts as a SLURM job (sbatch), its runner's output in "
+                                             "its folder's runner.log")
+    elif tmux:
         yield Finding("overnight tmux", OK, f"{tmux}: the long run starts in a tmux session")
     else:
         yield Finding("overnight tmux", WARN, "tmux is not installed: the long run starts detached with a log file, "

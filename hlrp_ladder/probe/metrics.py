@@ -30,6 +30,7 @@ CHUNK_BYTES = 4 << 20       # read from a growing file per poll
 MAX_LINE_BYTES = 1 << 20    # a longer line is skipped: no metric is a megabyte long
 FINISH_BYTES = 64 << 20     # read at most this much more once the process is gone: the file's end
 MAX_VALUES = 10_000         # values kept per metric (rates, validations): the latest ones
+REGEX_METRICS = ("step_per_s", "samples_per_s", "step_time_ms", "step_time_s", "val_loss")
 TORCH_FIELDS = ("allocated", "reserved", "max_reserved")  # protocol fields gpu_<name>: torch.cuda.memory_<name>()
 CLOCK_SLACK_S = 1.0   # a trainer's timestamp may lead the monitor's read by this much (buffered writes, rounding)
 
@@ -145,6 +146,7 @@ class LiveMetrics:
     regex: MetricsPatterns
     start_wall: float                      # wall-clock time of the sampler's t = 0
     check_interval: Optional[int] = None   # steps between validations, to number regex-only validations
+    batch_size: Optional[int] = None       # samples/s of a regex-only trainer: its step/s x this
     events: deque = field(default_factory=lambda: deque(maxlen=MAX_VALUES))   # val_end and done, latest kept
     rates: dict[str, deque] = field(default_factory=dict)   # train events' step_per_s, samples_per_s
     train_marks: deque = field(default_factory=lambda: deque(maxlen=MAX_VALUES))  # train events' (step, time)
@@ -156,8 +158,7 @@ class LiveMetrics:
 
     def __post_init__(self) -> None:
         self._jsonl = _Lines(self.jsonl)
-        self._patterns = {name: re.compile(getattr(self.regex, name)) for name in ("step_per_s", "samples_per_s",
-                                                                                   "val_loss")
+        self._patterns = {name: re.compile(getattr(self.regex, name)) for name in REGEX_METRICS
                           if getattr(self.regex, name)}
         self._log = _Lines(self.log) if self._patterns else None
 
@@ -185,12 +186,18 @@ class LiveMetrics:
                 for name, pattern in self._patterns.items():
                     match = pattern.search(line)
                     if match:
+                        named = pattern.groupindex
                         try:
-                            value = float(match.group(1) if match.groups() else match.group(0))
-                        except ValueError:
+                            value = float(match.group("value") if "value" in named else
+                                          match.group(1) if match.groups() else match.group(0))
+                            step = int(match.group("step")) if "step" in named else None
+                        except (TypeError, ValueError):
                             continue
+                        if step is not None:
+                            self.last_step = step if self.last_step is None else max(self.last_step, step)
                         self.counts[name] = self.counts.get(name, 0) + 1
-                        self.found.setdefault(name, deque(maxlen=MAX_VALUES)).append((value, t, self.counts[name]))
+                        self.found.setdefault(name, deque(maxlen=MAX_VALUES)).append(
+                            (value, t, self.counts[name], step))
 
     def _event(self, event: dict, t: Optional[float]) -> None:
         step = event.get("step")
@@ -259,21 +266,34 @@ class LiveMetrics:
             i = (bisect.bisect_right(times, t + 1e-9) if source == "trainer" else bisect.bisect_left(times, t)) - 1
             return (tuple(timeline[i][1:5]) + (None,) * 4)[:4] if i >= 0 else (None, None, None, None)
 
-        if self.events or self.rates or self.last_step is not None:
+        if self.events or self.rates or (self.last_step is not None and not self.found):
             return self._from_events(memory, end_t)
         if not self.found:
             return Metrics()
         points = []
-        for value, seen_t, k in self.found.get("val_loss", []):
+        for value, seen_t, k, step in self.found.get("val_loss", []):
             rss, cg, ws, gpu = memory(seen_t, "seen")
-            points.append(ValPoint(step=k * (self.check_interval or 1), time=seen_t,
+            # the step the trainer printed; else the k-th validation at k x check_interval (a trainer that also
+            # validates at step 0 needs the printed step: nanoGPT's "step 0: ... val loss")
+            points.append(ValPoint(step=step if step is not None else k * (self.check_interval or 1), time=seen_t,
                                    time_source="seen" if seen_t is not None else "none", val_loss=value,
                                    rss_bytes=rss, cgroup_bytes=cg, working_set_bytes=ws, gpu_bytes=gpu))
-        return Metrics(source="regex", step_per_s=_rate([v for v, _, _ in self.found.get("step_per_s", [])]),
-                       samples_per_s=_rate([v for v, _, _ in self.found.get("samples_per_s", [])]),
+        values = lambda name: [v for v, *_ in self.found.get(name, [])]  # noqa: E731
+        step_per_s = _rate(values("step_per_s")) or _rate([1000 / v for v in values("step_time_ms") if v > 0]) \
+            or _rate([1 / v for v in values("step_time_s") if v > 0])
+        source = "regex" if step_per_s else ""
+        if not step_per_s:  # neither a rate nor a step time: steps printed over the seconds between their lines
+            marks = sorted((t, s) for found in self.found.values() for _, t, _, s in found
+                           if t is not None and s is not None)
+            if len(marks) >= 2 and marks[-1][0] > marks[0][0] and marks[-1][1] > marks[0][1]:
+                step_per_s = (marks[-1][1] - marks[0][1]) / (marks[-1][0] - marks[0][0])
+                source = "wall between metric lines"
+        samples_per_s = _rate(values("samples_per_s")) or \
+            (step_per_s * self.batch_size if step_per_s and self.batch_size else None)
+        last = max([s for s in (self.last_step, points[-1].step if points else None) if s is not None], default=None)
+        return Metrics(source="regex", step_per_s=step_per_s, samples_per_s=samples_per_s, rate_source=source,
                        val_loss=points[-1].val_loss if points else None, val_points=points,
-                       last_step=points[-1].step if points else None, skipped_lines=self.skipped,
-                       unread_bytes=self.unread)
+                       last_step=last, skipped_lines=self.skipped, unread_bytes=self.unread)
 
     def _from_events(self, memory, end_t: float) -> Metrics:
         done = [s.payload for s in self.events if s.payload["event"] == "done"]

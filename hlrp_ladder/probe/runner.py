@@ -180,14 +180,14 @@ def _monitor(request: ProbeRequest, cg, cg_note: str, marker: str, env_diff: dic
         if kernel_log is not None:
             kernel_log.close()
         return _finish(request, LiveMetrics(folder / METRICS, folder / LOG, request.metrics_regex, started_at,
-                                            request.check_interval),
+                                            request.check_interval, request.batch_size),
                        Ending(started_at, time.time(), 127, None, None, None, oom_counter, cg, cg_note, Peaks(), [],
                               0.0))
     pgid = proc.pid
     sampler = TreeSampler(proc.pid, cg, with_pss=request.metric == "pss", gpu=gpu.reader,
                           extra=_marked(cg, marker) if request.launcher == "srun" and cg is not None else None)
     live = LiveMetrics(folder / METRICS, folder / LOG, request.metrics_regex, sampler.start_wall,
-                       request.check_interval)
+                       request.check_interval, request.batch_size)
     seen_pids: set[int] = {proc.pid}
 
     def kill(sig: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 from hlrp_ladder.report.view import RunView
-from hlrp_ladder.util.sizes import GIB
+from hlrp_ladder.util.sizes import GIB, MIB
 
 if TYPE_CHECKING:  # pandas is imported where a report is made: other commands need not pay ~0.15 s for it
     import pandas as pd
@@ -25,16 +25,21 @@ def frame(view: RunView) -> pd.DataFrame:
     duration, rates, val loss."""
     import pandas as pd
 
+    # host memory in the unit the sentences use: MiB when every figure is under 1 GiB (gib() writes "467 MiB"
+    # there, and a table in GiB would show the same peak as 0.456)
+    host = [v for r in view.records for v in (r.peaks.kernel_bytes, r.peaks.working_set_sampled_bytes,
+                                              r.peaks.sampled_rss_bytes, r.peaks.sampled_pss_bytes) if v]
+    unit, name, digits = (MIB, "MiB", 0) if host and max(host) < GIB else (GIB, "GiB", 3)
+    size = lambda v: None if not v else (round(v / unit) if digits == 0 else round(v / unit, digits))  # noqa: E731
     rows = []
     for rec in view.records:
         sampled = rec.peaks.sampled_pss_bytes if rec.limits.metric == "pss" else rec.peaks.sampled_rss_bytes
         rows.append({
             "phase": rec.phase, "bs": rec.batch_size, "outcome": rec.outcome.value,
-            "kernel GiB": None if rec.peaks.kernel_bytes is None else round(rec.peaks.kernel_bytes / GIB, 3),
-            **({"working set GiB": None if rec.peaks.working_set_sampled_bytes is None else
-                round(rec.peaks.working_set_sampled_bytes / GIB, 3)}
+            f"kernel {name}": size(rec.peaks.kernel_bytes),
+            **({f"working set {name}": size(rec.peaks.working_set_sampled_bytes)}
                if any(r.peaks.working_set_sampled_bytes is not None for r in view.records) else {}),
-            f"sampled {rec.limits.metric} GiB": round(sampled / GIB, 3) if sampled else None,
+            f"sampled {rec.limits.metric} {name}": size(sampled),
             "% cap": _pct(rec.peaks.kernel_bytes, rec.limits.cap_bytes),
             **({"GPU GiB": None if rec.peaks.gpu_sampled_bytes is None else
                 round(rec.peaks.gpu_sampled_bytes / GIB, 2)}

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Optional
 
 from hlrp_ladder import executors
-from hlrp_ladder.records import Outcome, Phase, ProbeRecord, ProbeRequest
+from hlrp_ladder.records import SEARCH_PHASES, Outcome, Phase, ProbeRecord, ProbeRequest
 from hlrp_ladder.run.flight import Flight, InFlight
 from hlrp_ladder.run.live import LiveView
 from hlrp_ladder.run.session import (RunResult, drive, interrupted, open_run, probe_request,
@@ -81,15 +81,37 @@ def warmup_request(spec: Spec, plan: Plan, store: RunStore, cpus: Optional[list[
                          cap_bytes=warmup_cap(plan), cpus=cpus, gpus=gpus)
 
 
-def run_warmup(spec: Spec, plan: Plan, store: RunStore, flight: Flight, view: LiveView, stop: StopFlag) -> None:
-    """Run the warm-up alone and wait for it; what it measured does not count."""
+def run_warmup(spec: Spec, plan: Plan, store: RunStore, flight: Flight, view: LiveView,
+               stop: StopFlag) -> Optional[ProbeRecord]:
+    """Run the warm-up alone and wait for it; what it measured does not count. Its record."""
+    done: list[ProbeRecord] = []
+
     def collect(slot: InFlight, record: ProbeRecord) -> ProbeRecord:
-        view.message(f"warm-up (bs={record.batch_size}, not counted): {record.outcome.value} after "
-                     f"{record.duration_s:.0f} s; the page cache now holds what the probes read in")
+        if record.outcome == Outcome.ok:
+            view.message(f"warm-up (bs={record.batch_size}, not counted): ok after {record.duration_s:.0f} s; the "
+                         f"page cache now holds what the probes read in")
+        else:
+            view.message(f"warm-up (bs={record.batch_size}, not counted) failed: {probe_clause(record)}; the page "
+                         f"cache may not hold what the probes read in")
+        done.append(record)
         return record
 
     flight.submit(WARMUP, 0, warmup_request(spec, plan, store, flight.cores_of(0), flight.gpus_of(0)))
     drive(flight, stop, collect, lambda: None)
+    return done[0] if done else None
+
+
+def same_failure(warm: Optional[ProbeRecord], record: ProbeRecord) -> Optional[ProbeRecord]:
+    """The warm-up's failure counted as the first rung's retry, when the rung's first try failed the same way
+    (inconclusive, with the same log line: a start-up crash): run a third time it would only fail again."""
+    if warm is None or not warm.outcome.is_inconclusive or not record.outcome.is_inconclusive or record.retry \
+            or record.phase not in SEARCH_PHASES or record.batch_size != warm.batch_size \
+            or not warm.evidence.log_line or warm.evidence.log_line != record.evidence.log_line:
+        return None
+    twin = record.model_copy(deep=True, update={"retry": 1, "folder": warm.folder, "started_at": record.started_at
+                                                + 1e-3, "ended_at": record.ended_at + 1e-3})
+    twin.evidence.detail = f"the warm-up failed the same way before it ({warm.evidence.detail}): counted as its retry"
+    return twin
 
 
 def run_ladder(spec: Spec, view: LiveView, resume: Optional[str] = None,
@@ -132,6 +154,10 @@ def _run(spec: Spec, executor: executors.Executor, view: LiveView, resume: Optio
         if record.forecast is not None:
             folder.write_record(record)
         records.append(record)
+        twin = same_failure(warm, record)
+        if twin is not None:
+            view.message(f"{probe_clause(record)}: the warm-up failed the same way; not run a third time")
+            records.append(twin)
         return record
 
     def step() -> None:
@@ -142,10 +168,11 @@ def _run(spec: Spec, executor: executors.Executor, view: LiveView, resume: Optio
             flight.submit(rung, index, rung_request(spec, plan, store, rung, flight.cores_of(index),
                                                     flight.gpus_of(index)))
 
+    warm: Optional[ProbeRecord] = None
     try:
         with StopFlag() as stop:
             if spec.warmup and resume is None:
-                run_warmup(spec, plan, store, flight, view, stop)
+                warm = run_warmup(spec, plan, store, flight, view, stop)
             if stop() or drive(flight, stop, collect, step):
                 return interrupted(store, command_line, records)
         found = judge(plan, records)

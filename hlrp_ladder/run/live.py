@@ -84,7 +84,7 @@ class LiveView:
         return table
 
     def on_sample(self, request: ProbeRequest, sample: Sample) -> None:
-        if request.folder not in self.rows:
+        if request.folder not in self.rows or sample.n_procs == 0:  # the sample after the tree ended: nothing to show
             return
         _, _, plain = self.rows[request.folder]
         if self.live is not None:

@@ -27,6 +27,7 @@ from hlrp_ladder.util.signals import StopFlag
 from hlrp_ladder.util.sizes import gib
 
 Collect = Callable[[InFlight, ProbeRecord], ProbeRecord]
+PROBE_DIR = "{probe_dir}"
 
 
 @dataclass
@@ -49,7 +50,7 @@ def resolve_plan(spec: Spec, executor: Executor) -> tuple[Plan, dict, list[str]]
         notes.append(f"no cap: {facts['cgroup_note']}; going on with the soft limit only, lowered to the cap's "
                      f"{gib(plan.cap_bytes)} (on summed {spec.memory.metric.upper()}, which counts shared pages a "
                      f"cgroup would not charge: a stricter limit)")
-        headroom = 0 if spec.memory.headroom is None else sizes.resolve(spec.memory.headroom, soft)
+        headroom = 0 if spec.memory.headroom is None else sizes.resolve(spec.memory.headroom, soft, allow_zero=True)
         plan = dataclasses.replace(plan, cap_bytes=None, rss_limit_bytes=soft, limit_bytes=soft,
                                    limit_name="soft limit", headroom_bytes=headroom)
     return plan, facts, notes
@@ -111,6 +112,11 @@ def probe_request(spec: Spec, plan: Plan, store: RunStore, folder: str, *, batch
     only shown, by a dry run) — its cgroup name and its marker."""
     if set_aside:
         store.set_aside_folder(folder)
+    where = str((store.root / folder).resolve())
+    # {probe_dir} in an override or an env value: this probe's own folder (a trainer's --out_dir, its checkpoints),
+    # so parallel slots never share one
+    argv = [item.replace(PROBE_DIR, where) for item in argv]
+    env = {k: v.replace(PROBE_DIR, where) for k, v in env.items()}
     return ProbeRequest(
         folder=(store.root / folder).resolve(), batch_size=batch_size, phase=phase, repeat=repeat, retry=retry,
         variant=variant, attempt=store.attempts(folder), argv=argv, env=env, cwd=os.getcwd(),

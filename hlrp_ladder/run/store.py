@@ -110,7 +110,8 @@ class RunStore:
         if not runs:
             what = f"of '{name}' " if name else ""
             return_kind = f"{kind} " if kind and kind != "ladder" else ""
-            raise StoreError(f"no {return_kind}runs {what}under {runs_dir}")
+            raise StoreError(f"no {return_kind}runs {what}under {runs_dir} (run from the spec's folder, or name its "
+                             f"runs with --spec SPEC or --runs-dir DIR)")
         return RunStore(runs[-1])
 
     # ---- state -----------------------------------------------------------------------------------------------

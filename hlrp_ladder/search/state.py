@@ -157,7 +157,7 @@ def gpu_headroom(plan: Plan, rec: ProbeRecord) -> int:
     """The GPU headroom for a record: a percentage is of the GPU limit its node resolved."""
     if not plan.gpu_headroom or rec.limits.gpu_fit_bytes is None:
         return 0
-    return sizes.resolve(plan.gpu_headroom, rec.limits.gpu_fit_bytes)
+    return sizes.resolve(plan.gpu_headroom, rec.limits.gpu_fit_bytes, allow_zero=True)
 
 
 def fit_peak(rec: ProbeRecord, measure: str = "working set") -> int:

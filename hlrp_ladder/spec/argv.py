@@ -8,12 +8,17 @@ from typing import Union
 Scalar = Union[bool, int, float, str, None]
 
 
-def render(value: Scalar) -> str:
-    """One value as the trainer reads it: ``null``, ``true``/``false``, or the value's own text."""
+BOOLS = {"lower": ("true", "false"), "python": ("True", "False"), "int": ("1", "0")}
+
+
+def render(value: Scalar, bools: str = "lower") -> str:
+    """One value as the trainer reads it: ``null``, a boolean as ``bools`` says (``lower``: true/false, as the
+    bundled trainer and Hydra read them; ``python``: True/False, as argparse-style configurators that
+    ``literal_eval`` their values do; ``int``: 1/0), or the value's own text."""
     if value is None:
         return "null"
     if isinstance(value, bool):
-        return "true" if value else "false"
+        return BOOLS[bools][0 if value else 1]
     return str(value)
 
 
@@ -31,6 +36,6 @@ def launch(command: list[str], kind: str, ranks: int, gpus_per_task: int | None 
     return list(command)
 
 
-def argv(command: list[str], items: dict[str, Scalar]) -> list[str]:
+def argv(command: list[str], items: dict[str, Scalar], bools: str = "lower") -> list[str]:
     """``command`` followed by one ``key=value`` item per entry of ``items``, in their order."""
-    return list(command) + [f"{key}={render(value)}" for key, value in items.items()]
+    return list(command) + [f"{key}={render(value, bools)}" for key, value in items.items()]

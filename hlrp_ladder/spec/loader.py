@@ -8,12 +8,14 @@ composed graph, where an alias is a shared node, before anything walks the expan
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import typing
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from hlrp_ladder.spec.model import Spec
 
@@ -74,12 +76,29 @@ def _locate(loc: tuple, lines: dict[tuple, int], key_line: bool) -> int:
     return lines.get(path, 1)
 
 
+def _model_at(loc: tuple):
+    """The pydantic model a key path leads to inside a Spec (None where it leaves the models)."""
+    model = Spec
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
 def _message(err: dict) -> str:
     msg = err["msg"]
     if msg.startswith("Value error, "):
         return msg[len("Value error, "):]
     if err["type"] == "extra_forbidden":
-        return "unknown key"
+        model = _model_at(tuple(err["loc"][:-1]))
+        close = difflib.get_close_matches(str(err["loc"][-1]), list(model.model_fields), n=1, cutoff=0.6) \
+            if model is not None else []
+        return f"unknown key; did you mean {close[0]!r}?" if close else "unknown key"
     if err["type"] == "missing":
         return "required key is missing"
     shown = repr(err.get("input"))

@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, PositiveInt, field_
 from hlrp_ladder.records import Phase
 from hlrp_ladder.spec import argv
 from hlrp_ladder.spec.sections import (CompareSpec, ExecutorSpec, ForecastConfig, Launcher, Memory, MetricsRegex,
-                                       Overnight, Preflight, Range, Recipe, Scalar, Stress, _Strict)
+                                       Overnight, Preflight, Range, Recipe, Render, Scalar, Stress, _Strict)
 from hlrp_ladder.util.masking import MASK, mask
 
 
@@ -58,6 +58,7 @@ class Spec(_Strict):
     env: dict[str, str] = {}
     memory: Memory = Memory()
     launcher: Launcher = Launcher()
+    render: Render = Render()
     timeout_s: float = Field(900, gt=0)
     kill_grace_s: float = Field(5, ge=0)
     runs_dir: str = "runs"
@@ -99,6 +100,10 @@ class Spec(_Strict):
         return value
 
     # ---- derived -----------------------------------------------------------------------------------------
+    def bools(self) -> str:
+        """How booleans are rendered: render.bools, else chosen from the argv style (``--flag=``: Python's)."""
+        return self.render.bools or ("python" if self.batch_size_key.startswith("-") else "lower")
+
     def trainer_command(self) -> list[str]:
         """The trainer's own command, without its launcher (what preflight checks)."""
         return list(self.command) if self.command else [sys.executable, "-m", "trainer.train"]
@@ -142,7 +147,7 @@ class Spec(_Strict):
             if key:
                 items[key] = getattr(recipe, field)
         items[self.batch_size_key] = batch_size
-        return argv.argv(self.base_command(), items)
+        return argv.argv(self.base_command(), items, self.bools())
 
     def fingerprint(self) -> str:
         """Identifies what a run measures; ``--resume`` refuses a spec whose fingerprint changed."""
@@ -156,6 +161,8 @@ class Spec(_Strict):
             data["memory"].pop("per_rank", None)
         if data["launcher"]["kind"] == "none":
             data.pop("launcher")
+        if data["render"]["bools"] is None:
+            data.pop("render")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def masked(self) -> dict:

@@ -18,6 +18,7 @@ def _size_text(value: Any) -> Any:
 
 
 Size = Annotated[str, BeforeValidator(_size_text), AfterValidator(sizes.check)]
+Room = Annotated[str, BeforeValidator(_size_text), AfterValidator(sizes.check_room)]   # a headroom: 0 is one
 def _regex(value: Optional[str]) -> Optional[str]:
     if value is not None:
         try:
@@ -83,6 +84,14 @@ class Launcher(_Strict):
     @property
     def ranks(self) -> int:
         return 0 if self.kind == "none" else self.nproc_per_node
+
+
+class Render(_Strict):
+    """How values reach the trainer's argv."""
+    bools: Optional[Literal["python", "lower", "int"]] = Field(
+        None, description="booleans as True/False (python: argparse-style --flag= trainers such as nanoGPT's "
+                          "configurator), true/false (lower: the bundled trainer, Hydra) or 1/0 (int); default: "
+                          "python when batch_size_key is a --flag, else lower")
 
 
 class ForecastConfig(_Strict):
@@ -162,7 +171,7 @@ class GpuMemory(_Strict):
     Percentages resolve on the node where the probe runs, against each device's memory (the cap's, when set)."""
     limit: Size = Field("90%", description="soft limit per device: a size, or a % of the device's memory (of the "
                         "cap, when set); crossing it kills the probe's tree (gpu_breach)")
-    headroom: Optional[Size] = Field("2GiB", description="left free under the GPU limit at the pick's peak, on its "
+    headroom: Optional[Room] = Field("2GiB", description="left free under the GPU limit at the pick's peak, on its "
                                      "busiest device: a size, or a % of that limit")
     cap: Optional[Annotated[Size, AfterValidator(_absolute)]] = Field(
         None, description="an emulated smaller GPU ('40GiB'): CUDA MPS's pinned device memory limit where MPS runs "
@@ -176,7 +185,7 @@ class Memory(_Strict):
                                 "memory, not RSS), to emulate a smaller machine")
     metric: Literal["rss", "pss"] = "rss"
     sample_interval_s: float = Field(0.1, gt=0, le=10)
-    headroom: Optional[Size] = Field(None, description="left free at the pick's peak — its working set under the "
+    headroom: Optional[Room] = Field(None, description="left free at the pick's peak — its working set under the "
                                      "cap, or its RSS under the soft limit without a cap: a size, or a % of that "
                                      "limit")
     per_rank: bool = Field(False, description="a distributed rung: rss_limit applies to each rank (the cluster's "
@@ -201,18 +210,26 @@ class Memory(_Strict):
         return (cap, "cap") if cap is not None else (self.rss_limit_bytes(total), "soft limit")
 
     def headroom_bytes(self, total: int) -> int:
-        return 0 if self.headroom is None else sizes.resolve(self.headroom, self.fit_limit(total)[0])
+        return 0 if self.headroom is None else sizes.resolve(self.headroom, self.fit_limit(total)[0], allow_zero=True)
 
 
 class MetricsRegex(MetricsPatterns):
-    """For trainers that do not write HLRP_LADDER_METRICS: a regex per metric, group 1 is the number. A line
-    matching ``val_loss`` counts as a validation end, timed when the monitor reads it."""
+    """For trainers that do not write HLRP_LADDER_METRICS: a regex per metric; the number is the named group
+    ``value`` (else group 1), and a named group ``step`` places it at the step the trainer printed. A line matching
+    ``val_loss`` counts as a validation end, timed when the monitor reads it. ``step_time_ms``/``step_time_s``
+    (nanoGPT's ``time 84.59ms``) become step/s, and samples/s is that times the probe's batch size."""
     model_config = ConfigDict(extra="forbid")
 
-    @field_validator("step_per_s", "samples_per_s", "val_loss")
+    @field_validator("step_per_s", "samples_per_s", "step_time_ms", "step_time_s", "val_loss")
     @classmethod
     def _compiles(cls, value: Optional[str]) -> Optional[str]:
-        return _regex(value)
+        value = _regex(value)
+        if value is not None:
+            names = set(re.compile(value).groupindex)
+            if names - {"value", "step"}:
+                raise ValueError(f"{value!r}: named groups may be 'value' and 'step' only (got "
+                                 f"{', '.join(sorted(names - {'value', 'step'}))})")
+        return value
 
 
 class Range(_Strict):

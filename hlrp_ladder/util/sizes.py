@@ -23,8 +23,15 @@ def check(text: str) -> str:
     return text
 
 
-def resolve(text: str | int, total: int) -> int:
-    """Bytes for a size; a percentage is of ``total`` bytes."""
+def check_room(text: str) -> str:
+    """``check`` for a headroom: "0MiB" (none) is one too."""
+    resolve(text, total=1, allow_zero=True)
+    return text
+
+
+def resolve(text: str | int, total: int, allow_zero: bool = False) -> int:
+    """Bytes for a size; a percentage is of ``total`` bytes. ``allow_zero``: "0MiB" is a size (a headroom of
+    none), where a limit of zero would be a typo."""
     if isinstance(text, int):
         return text
     match = _PERCENT.match(text)
@@ -37,7 +44,7 @@ def resolve(text: str | int, total: int) -> int:
     if not match or match.group(2).lower() not in _UNITS:
         raise ValueError(f"{text!r} is not a size (e.g. '28GiB', '900MiB' or '85%')")
     value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-    if value <= 0:
+    if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{text!r} is not a positive size")
     return value
 

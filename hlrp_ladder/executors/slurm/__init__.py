@@ -156,7 +156,7 @@ class SlurmHandle:
         job = self._job or self.job()
         if job is None:
             return f"SLURM job {self.job_id}"
-        reason = f", {job.reason}" if job.state == "PENDING" and job.reason else ""
+        reason = f", {job.reason}" if job.state == "PENDING" and job.reason and job.reason != "None" else ""
         node = f" on {job.node}" if job.state == "RUNNING" and job.node else ""
         return f"SLURM job {self.job_id} ({job.state}{reason}{node})"
 
