@@ -180,12 +180,12 @@ def report(run: Optional[str] = typer.Argument(None, help="run folder, NAME/RUN-
                                            "its latest ladder run)")):
     """Write reports/<name>-<run-id>.md (or .json/.csv) for a run (a ladder or a compare matrix) and print its
     table."""
-    name, kind = None, None
+    name, kind = None, None  # without --spec: the latest run of either kind (--compare: of a compare)
     if spec_path is not None:
         spec = load_spec(spec_path)
         runs_dir, name = Path(spec.runs_dir), spec.name
-        kind = "compare" if of_compare else "ladder"  # a spec names both kinds of run: the ladder unless asked
-    store = RunStore.find(runs_dir, run, name, kind=kind)
+        kind = "ladder"  # a spec names both kinds of run: its ladder unless --compare
+    store = RunStore.find(runs_dir, run, name, kind="compare" if of_compare else kind)
     reports = compare_report if store.kind == "compare" else ladder_report
     view = compare_report.load(store) if store.kind == "compare" else ladder_report.load_run(store)
     path = reports.write(view, out_dir, fmt.value, shlex.join(["hlrp-ladder", "report", *sys.argv[2:]]))

@@ -60,7 +60,8 @@ def test_ladder_stops_at_the_first_kernel_oom_and_reports(tmp_path, need_cgroup)
     assert js["pick"] == 8 and [p["outcome"] for p in js["probes"]] == ["ok", "ok", "ok", "oom_killed"]
     assert js["probes"][-1]["evidence"]["oom_kills_after"] >= 1 and js["probes"][-1]["phase"] == "ladder"
     csv = cli("report", str(run), "--format", "csv", "--out", str(tmp_path / "reports")).stdout
-    assert csv.splitlines()[0].startswith("phase,bs,outcome,kernel MiB")  # every peak under 1 GiB: MiB, as the sentences say
+    assert csv.splitlines()[0].startswith("phase,bs,outcome,kernel GiB")  # csv: GiB always, its columns stable
+    assert "| phase   |   bs | outcome    |   kernel MiB |" in md  # the markdown: MiB under 1 GiB, as its sentences
 
 
 def test_first_rung_failing_exits_3(tmp_path):

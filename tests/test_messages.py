@@ -80,3 +80,11 @@ def test_no_runs_names_where_it_looked_and_how_to_point_elsewhere(tmp_path):
     with pytest.raises(StoreError, match=r"no runs .*under .*\(run from the spec's folder, or name its runs with "
                                          r"--spec SPEC or --runs-dir DIR\)"):
         RunStore.find(tmp_path, None)
+
+
+def test_the_boolean_spelling_a_run_used_is_part_of_what_it_measured():
+    argparse_style = dict(batch_size_key="--batch_size", overrides={"--compile": False})
+    assert "--compile=False" in spec(**argparse_style).argv(2)
+    assert spec(**argparse_style).fingerprint() != spec(**argparse_style, render={"bools": "lower"}).fingerprint()
+    assert spec().fingerprint() == spec(render={"bools": "lower"}).fingerprint()   # the old spelling: unchanged
+    assert spec(memory={"headroom": "0%"}).memory.headroom == "0%"

@@ -113,3 +113,27 @@ def test_without_a_rate_the_steps_printed_over_the_seconds_between_their_lines_g
     log = {0.5: ["step 0: val loss 4.0"], 1.5: ["step 10: val loss 3.0"], 2.5: ["step 20: val loss 2.0"]}
     m = feed(tmp_path, {}, regex=regex, log_at=log)
     assert m.step_per_s == pytest.approx(10.0) and m.rate_source == "wall between metric lines"
+
+
+def test_lines_read_together_are_placed_at_the_read_with_their_highest_step(tmp_path):
+    # a block-buffered trainer: steps 0-90 reach the log by t=1.0, steps 100-190 by t=2.0 (10 step/s, not 19)
+    regex = MetricsPatterns(val_loss=r"step (?P<step>\d+): val loss (?P<value>[0-9.]+)")
+    log = {1.0: [f"step {s}: val loss 1.0" for s in range(0, 100, 10)],
+           2.0: [f"step {s}: val loss 1.0" for s in range(100, 200, 10)]}
+    m = feed(tmp_path, {}, regex=regex, log_at=log)
+    assert m.step_per_s == pytest.approx(100.0)   # (190 - 90) steps over the 1 s between the two reads
+
+
+def test_a_step_group_that_did_not_match_keeps_the_value_and_slow_rates_keep_their_digits(tmp_path):
+    regex = MetricsPatterns(val_loss=r"(?:step (?P<step>\d+): )?val loss (?P<value>[0-9.]+)",
+                            step_time_s=r"took (?P<value>[0-9.]+) s")
+    m = feed(tmp_path, {}, regex=regex, log_at={1.0: ["val loss 3.5", "took 30000 s", "took 30000 s"]})
+    assert m.val_loss == 3.5                                   # no step printed: the k-th validation's place
+    assert m.step_per_s == pytest.approx(1 / 30000, rel=1e-4)  # 3.3e-05 step/s, not rounded to 0
+
+
+def test_a_step_group_without_a_value_group_is_a_spec_error():
+    from hlrp_ladder.spec.sections import MetricsRegex
+
+    with pytest.raises(ValueError, match="names its number"):
+        MetricsRegex(val_loss=r"step (?P<step>\d+): val loss ([0-9.]+)")

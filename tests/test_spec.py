@@ -126,3 +126,23 @@ def test_sizes(text, total, expected):
 def test_bad_sizes(text):
     with pytest.raises(ValueError):
         sizes.resolve(text, 100)
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize("path, ladder, matrix", [
+    ("ladders/local_s2.yaml", "2517571d43a2a002", None),
+    ("ladders/slurm_s2.yaml", "bdbb33b8b95a930f", None),
+    ("ladders/compare_s2.yaml", "f0d556ea33609b12", "compare-5de67e0819a0a109"),
+    ("ladders/compare_seed.yaml", "407c86ebec44a222", "compare-a97b89cb6db30059"),
+])
+def test_keys_added_later_leave_the_fingerprints_of_existing_specs_as_they_were(path, ladder, matrix):
+    """The values the code before GPU judging, ranks, step-time regexes and render.bools computed: runs started
+    then still resume."""
+    from pathlib import Path
+
+    from hlrp_ladder.compare.runner import fingerprint
+    from hlrp_ladder.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parent.parent / path)
+    assert spec.fingerprint() == ladder
+    assert (fingerprint(spec) if spec.compare else None) == matrix

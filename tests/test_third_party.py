@@ -75,8 +75,12 @@ def test_a_start_up_crash_is_said_at_the_warm_up_and_not_run_a_third_time(tmp_pa
     assert "warm-up (bs=2, not counted) failed: bs=2 warmup error (exit 1" in said
     assert "the warm-up failed the same way; not run a third time" in said
     run = next((tmp_path / "runs" / "nano").iterdir())
-    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == ["bs-0002", "warmup"]   # two runs, not three
+    # two runs, not three: the retry's folder holds the warm-up's failure, counted as it
+    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == ["bs-0002", "bs-0002-retry1", "warmup"]
+    assert not (run / "bs-0002-retry1" / "log.txt").exists()
     assert "AssertionError" in said
+    rep = cli("report", str(run), "--out", str(tmp_path / "rep"), cwd=tmp_path)   # the report judges as the run did
+    assert rep.returncode == 0 and "on its retry too: not a memory verdict" in rep.stdout, rep.stdout + rep.stderr
 
 
 @pytest.mark.process

@@ -34,8 +34,9 @@ WARMUP = "warmup"
 
 def fingerprint(spec: Spec) -> str:
     """What a compare run measures: the command, overrides, env, memory, executor and the matrix."""
-    data = spec.model_dump(mode="json", include={"command", "overrides", "env", "memory", "executor", "compare",
-                                                 "batch_size_key", "probe", "timeout_s", "metrics_regex"})
+    data = spec.settled(spec.model_dump(mode="json", include={"command", "overrides", "env", "memory", "executor",
+                                                              "compare", "batch_size_key", "probe", "timeout_s",
+                                                              "metrics_regex", "launcher"}))
     return "compare-" + hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -151,9 +151,10 @@ def _last_regex_metrics(log: Path, request) -> dict:
             try:
                 value = float(match.group("value") if "value" in pattern.groupindex else
                               match.group(1) if match.groups() else match.group(0))
-                step = int(match.group("step")) if "step" in pattern.groupindex else None
             except (TypeError, ValueError):
                 continue
+            printed = match.group("step") if "step" in pattern.groupindex else None
+            step = int(printed) if printed is not None and printed.isdigit() else None
             if step is not None:
                 last["step"] = step
             if name == "val_loss":

@@ -62,7 +62,7 @@ def steady_rate(train: list[tuple[int, Optional[float]]], vals: list[tuple[int, 
 def _rate(values: list[float]) -> Optional[float]:
     # The first window includes start-up (imports, buffers filling): leave it out when there are others.
     values = values[1:] if len(values) > 1 else values
-    return round(statistics.median(values), 4) if values else None
+    return float(f"{statistics.median(values):.6g}") if values else None   # significant figures, as steady_rate
 
 
 class _Lines:
@@ -155,6 +155,7 @@ class LiveMetrics:
     found: dict[str, deque] = field(default_factory=dict)    # regex name -> (value, seen t, n-th), latest kept
     counts: dict[str, int] = field(default_factory=dict)     # regex name -> matches so far
     torch: dict[str, int] = field(default_factory=dict)      # torch's GPU figures: name -> the largest reported
+    protocol: bool = False                                   # a protocol event was read (it wins over regexes)
 
     def __post_init__(self) -> None:
         self._jsonl = _Lines(self.jsonl)
@@ -190,9 +191,10 @@ class LiveMetrics:
                         try:
                             value = float(match.group("value") if "value" in named else
                                           match.group(1) if match.groups() else match.group(0))
-                            step = int(match.group("step")) if "step" in named else None
                         except (TypeError, ValueError):
                             continue
+                        printed = match.group("step") if "step" in named else None
+                        step = int(printed) if printed is not None and printed.isdigit() else None
                         if step is not None:
                             self.last_step = step if self.last_step is None else max(self.last_step, step)
                         self.counts[name] = self.counts.get(name, 0) + 1
@@ -200,6 +202,7 @@ class LiveMetrics:
                             (value, t, self.counts[name], step))
 
     def _event(self, event: dict, t: Optional[float]) -> None:
+        self.protocol = True
         step = event.get("step")
         stamp = event.get("time")
         stamp = float(stamp) if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) else None
@@ -266,7 +269,7 @@ class LiveMetrics:
             i = (bisect.bisect_right(times, t + 1e-9) if source == "trainer" else bisect.bisect_left(times, t)) - 1
             return (tuple(timeline[i][1:5]) + (None,) * 4)[:4] if i >= 0 else (None, None, None, None)
 
-        if self.events or self.rates or (self.last_step is not None and not self.found):
+        if self.protocol:  # the trainer speaks the protocol: its events, whatever a regex also found
             return self._from_events(memory, end_t)
         if not self.found:
             return Metrics()
@@ -283,10 +286,16 @@ class LiveMetrics:
             or _rate([1 / v for v in values("step_time_s") if v > 0])
         source = "regex" if step_per_s else ""
         if not step_per_s:  # neither a rate nor a step time: steps printed over the seconds between their lines
-            marks = sorted((t, s) for found in self.found.values() for _, t, _, s in found
-                           if t is not None and s is not None)
+            # One mark per read, at the highest step seen by then: lines read together were written at any time
+            # before that read (a trainer's block-buffered stdout), so their highest step is the one "at" it.
+            reads: dict[float, int] = {}
+            for found in self.found.values():
+                for _, t, _, s in found:
+                    if t is not None and s is not None:
+                        reads[t] = max(reads.get(t, s), s)
+            marks = sorted(reads.items())
             if len(marks) >= 2 and marks[-1][0] > marks[0][0] and marks[-1][1] > marks[0][1]:
-                step_per_s = (marks[-1][1] - marks[0][1]) / (marks[-1][0] - marks[0][0])
+                step_per_s = float(f"{(marks[-1][1] - marks[0][1]) / (marks[-1][0] - marks[0][0]):.6g}")
                 source = "wall between metric lines"
         samples_per_s = _rate(values("samples_per_s")) or \
             (step_per_s * self.batch_size if step_per_s and self.batch_size else None)

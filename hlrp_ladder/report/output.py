@@ -34,5 +34,5 @@ def _markdown(view: RunView, out_dir: Path, report_command: str) -> str:
 def write(view: RunView, out_dir: Path, fmt: str, report_command: str) -> Path:
     """reports/<name>-<run-id>.md (with its PNGs), .json or .csv."""
     return write_report(out_dir, view.title, fmt, {
-        "json": lambda: as_json(view) + "\n", "csv": lambda: frame(view).to_csv(index=False),
+        "json": lambda: as_json(view) + "\n", "csv": lambda: frame(view, readable=False).to_csv(index=False),
         "md": lambda: _markdown(view, out_dir, report_command)})

@@ -18,7 +18,7 @@ def _round(value: Optional[float], digits: int = 2) -> Optional[float]:
     return None if value is None else round(value, digits)
 
 
-def frame(view: RunView) -> pd.DataFrame:
+def frame(view: RunView, readable: bool = True) -> pd.DataFrame:
     """One row per probe. Columns: peaks in GiB (kernel = the cgroup's exact charged high-water mark; working
     set = the sampled peak of that charge less inactive file cache, what a cap judges; sampled = the monitor's
     max of the tree's RSS), % of the cap (kernel peak / cap) and of the soft limit (sampled / rss_limit),
@@ -29,7 +29,9 @@ def frame(view: RunView) -> pd.DataFrame:
     # there, and a table in GiB would show the same peak as 0.456)
     host = [v for r in view.records for v in (r.peaks.kernel_bytes, r.peaks.working_set_sampled_bytes,
                                               r.peaks.sampled_rss_bytes, r.peaks.sampled_pss_bytes) if v]
-    unit, name, digits = (MIB, "MiB", 0) if host and max(host) < GIB else (GIB, "GiB", 3)
+    # there, and a table in GiB would show the same peak as 0.456); ``readable`` False (csv): GiB always, its
+    # columns the same for every run
+    unit, name, digits = (MIB, "MiB", 0) if readable and host and max(host) < GIB else (GIB, "GiB", 3)
     size = lambda v: None if not v else (round(v / unit) if digits == 0 else round(v / unit, digits))  # noqa: E731
     rows = []
     for rec in view.records:

@@ -101,16 +101,20 @@ def run_warmup(spec: Spec, plan: Plan, store: RunStore, flight: Flight, view: Li
     return done[0] if done else None
 
 
-def same_failure(warm: Optional[ProbeRecord], record: ProbeRecord) -> Optional[ProbeRecord]:
-    """The warm-up's failure counted as the first rung's retry, when the rung's first try failed the same way
-    (inconclusive, with the same log line: a start-up crash): run a third time it would only fail again."""
-    if warm is None or not warm.outcome.is_inconclusive or not record.outcome.is_inconclusive or record.retry \
-            or record.phase not in SEARCH_PHASES or record.batch_size != warm.batch_size \
+def same_failure(plan: Plan, warm: Optional[ProbeRecord], record: ProbeRecord) -> Optional[ProbeRecord]:
+    """The warm-up's failure counted as the first rung's retry, when the rung's first try failed the same way (both
+    an ``error`` with the same log line: a start-up crash; a timeout's last line is only what it printed last): run
+    a third time it would only fail again. Its record goes in the retry's own folder (``bs-0002-retry1``), so a
+    report and a resume read what the run judged."""
+    if warm is None or plan.retries < 1 or warm.outcome != Outcome.error or record.outcome != Outcome.error \
+            or record.retry or record.phase not in SEARCH_PHASES or record.batch_size != warm.batch_size \
             or not warm.evidence.log_line or warm.evidence.log_line != record.evidence.log_line:
         return None
-    twin = record.model_copy(deep=True, update={"retry": 1, "folder": warm.folder, "started_at": record.started_at
-                                                + 1e-3, "ended_at": record.ended_at + 1e-3})
-    twin.evidence.detail = f"the warm-up failed the same way before it ({warm.evidence.detail}): counted as its retry"
+    twin = record.model_copy(deep=True, update={
+        "retry": 1, "folder": probe_folder_name(record.batch_size, record.phase, 0, 1),
+        "started_at": record.started_at + 1e-3, "ended_at": record.ended_at + 1e-3})
+    twin.evidence.detail = (f"the warm-up failed the same way before it ({warm.evidence.detail}; its log: "
+                            f"{warm.folder}/log.txt): counted as this rung's retry, not run a third time")
     return twin
 
 
@@ -154,9 +158,12 @@ def _run(spec: Spec, executor: executors.Executor, view: LiveView, resume: Optio
         if record.forecast is not None:
             folder.write_record(record)
         records.append(record)
-        twin = same_failure(warm, record)
+        twin = same_failure(plan, warm, record)
         if twin is not None:
             view.message(f"{probe_clause(record)}: the warm-up failed the same way; not run a third time")
+            folder = store.probe(twin.folder)
+            folder.path.mkdir(parents=True, exist_ok=True)
+            folder.write_record(twin)
             records.append(twin)
         return record
 

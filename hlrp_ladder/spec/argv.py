@@ -14,9 +14,9 @@ BOOLS = {"lower": ("true", "false"), "python": ("True", "False"), "int": ("1", "
 def render(value: Scalar, bools: str = "lower") -> str:
     """One value as the trainer reads it: ``null``, a boolean as ``bools`` says (``lower``: true/false, as the
     bundled trainer and Hydra read them; ``python``: True/False, as argparse-style configurators that
-    ``literal_eval`` their values do; ``int``: 1/0), or the value's own text."""
+    ``literal_eval`` their values do, and None for null there; ``int``: 1/0), or the value's own text."""
     if value is None:
-        return "null"
+        return "None" if bools == "python" else "null"
     if isinstance(value, bool):
         return BOOLS[bools][0 if value else 1]
     return str(value)

@@ -153,17 +153,24 @@ class Spec(_Strict):
         """Identifies what a run measures; ``--resume`` refuses a spec whose fingerprint changed."""
         # The long run's settings, the preflight's and a compare matrix do not change what the ladder measures.
         data = self.model_dump(mode="json", exclude={"runs_dir", "overnight", "preflight", "compare"})
-        # Keys added later, left out while unset: a run started before them still resumes.
-        for section, key in (("memory", "gpu"), ("executor", "gpus_per_probe")):
-            if data[section].get(key) is None:
+        return hashlib.sha256(json.dumps(self.settled(data), sort_keys=True).encode()).hexdigest()[:16]
+
+    def settled(self, data: dict) -> dict:
+        """``data`` (a dump of this spec, or of some of its sections) with the keys added after runs were first
+        fingerprinted left out while they change nothing, so a run started before them still resumes; and the
+        boolean spelling as it is used, where it is not the old one."""
+        for section, key in (("memory", "gpu"), ("executor", "gpus_per_probe"), ("metrics_regex", "step_time_ms"),
+                             ("metrics_regex", "step_time_s")):
+            if section in data and data[section].get(key) is None:
                 data[section].pop(key, None)
-        if not data["memory"].get("per_rank"):
+        if "memory" in data and not data["memory"].get("per_rank"):
             data["memory"].pop("per_rank", None)
-        if data["launcher"]["kind"] == "none":
+        if data.get("launcher", {}).get("kind") == "none":
             data.pop("launcher")
-        if data["render"]["bools"] is None:
-            data.pop("render")
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        data.pop("render", None)
+        if self.bools() != "lower":  # how booleans reach the trainer is part of what a run measures
+            data["render"] = {"bools": self.bools()}
+        return data
 
     def masked(self) -> dict:
         data = self.model_dump(mode="json")

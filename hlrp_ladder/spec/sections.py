@@ -229,6 +229,8 @@ class MetricsRegex(MetricsPatterns):
             if names - {"value", "step"}:
                 raise ValueError(f"{value!r}: named groups may be 'value' and 'step' only (got "
                                  f"{', '.join(sorted(names - {'value', 'step'}))})")
+            if "step" in names and "value" not in names:  # else group 1, the step, would be read as the value
+                raise ValueError(f"{value!r}: a regex with a (?P<step>...) group names its number (?P<value>...)")
         return value
 
 

@@ -37,7 +37,7 @@ def resolve(text: str | int, total: int, allow_zero: bool = False) -> int:
     match = _PERCENT.match(text)
     if match:
         pct = float(match.group(1))
-        if not 0 < pct <= 100:
+        if not (0 <= pct if allow_zero else 0 < pct) or pct > 100:
             raise ValueError(f"{text!r} is not a percentage between 0 and 100")
         return int(total * pct / 100)
     match = _SIZE.match(text)
