@@ -168,8 +168,10 @@ class Spec(_Strict):
         if data.get("launcher", {}).get("kind") == "none":
             data.pop("launcher")
         data.pop("render", None)
-        if self.bools() != "lower":  # how booleans reach the trainer is part of what a run measures
-            data["render"] = {"bools": self.bools()}
+        values = list(self.overrides.values()) + [v for variant in (self.compare.variants.values() if self.compare
+                                                                     else []) for v in variant.values()]
+        if self.bools() != "lower" and any(isinstance(v, bool) for v in values):
+            data["render"] = {"bools": self.bools()}  # how booleans reach the trainer is part of what it measures
         return data
 
     def masked(self) -> dict:
