@@ -27,7 +27,7 @@ from hlrp_ladder.spec.summary import summary_lines
 from hlrp_ladder.util.files import as_disk_full, no_space
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Find the largest batch size a training run survives in host RAM, before the long run.")
+                  help="Find the largest batch size a training run survives in host RAM and GPU memory, before the long run.")
 out = Console(soft_wrap=True)  # a message is one line, however long: scripts grep it
 err = Console(stderr=True, soft_wrap=True)
 
