@@ -165,6 +165,9 @@ class Ranks:
             if not alive:
                 if rank.ended_at is None:
                     rank.ended_at, rank.oom_in_interval = now, rose
+                if rank.exit_code is None:
+                    # read on every sample until it is there: an exiting process has released its memory (RSS 0)
+                    # a moment before it becomes a zombie, whose exit code the kernel then keeps until it is reaped
                     rank.exit_code = zombie_exit_code(leader)
                 continue
             rank.ended_at = None   # one missed read is no end
