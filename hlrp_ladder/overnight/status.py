@@ -3,7 +3,6 @@ ladder's forecast, the last metrics, and how it ended with its evidence."""
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 from typing import Optional
@@ -11,6 +10,7 @@ from typing import Optional
 from hlrp_ladder.overnight.control import handle_of
 from hlrp_ladder.overnight.launch import LaunchError, folders
 from hlrp_ladder.probe.folder import LOG, METRICS, RESULT, RUNNER, STATUS, SUBMITTED, ProbeFolder, read_json
+from hlrp_ladder.probe.metrics import regex_patterns, regex_reading
 from hlrp_ladder.records import Phase, ProbeRecord
 from hlrp_ladder.run.store import RunStore
 from hlrp_ladder.search.words import probe_clause
@@ -139,22 +139,14 @@ def _last_metrics(path: Path) -> dict:
 def _last_regex_metrics(log: Path, request) -> dict:
     """A regex-read trainer's latest figures, from the end of its log (metrics_regex: named groups value, step;
     a step time becomes step/s, and samples/s at the run's batch size)."""
-    patterns = {name: re.compile(getattr(request.metrics_regex, name)) for name in
-                ("step_per_s", "samples_per_s", "step_time_ms", "step_time_s", "val_loss")
-                if getattr(request.metrics_regex, name)}
+    patterns = regex_patterns(request.metrics_regex)
     last: dict = {}
-    for line in read_tail(log, 256 << 10)[-2000:]:
+    for line in read_tail(log, 256 << 10)[-2000:] if patterns else []:
         for name, pattern in patterns.items():
-            match = pattern.search(line)
-            if not match:
+            found = regex_reading(pattern, line)
+            if found is None:
                 continue
-            try:
-                value = float(match.group("value") if "value" in pattern.groupindex else
-                              match.group(1) if match.groups() else match.group(0))
-            except (TypeError, ValueError):
-                continue
-            printed = match.group("step") if "step" in pattern.groupindex else None
-            step = int(printed) if printed is not None and printed.isdigit() else None
+            value, step = found
             if step is not None:
                 last["step"] = step
             if name == "val_loss":

@@ -174,37 +174,34 @@ class ProbeFolder:
         except OSError:
             return
 
-    def last_ranks(self) -> dict[int, tuple[float, int, Optional[int]]]:
-        """A distributed probe's ranks now: rank -> (t, RSS, GPU bytes) of its newest row in ``ranks.csv``."""
+    def _tail(self, name: str, limit: int) -> Optional[list[str]]:
+        """The whole lines among the last ``limit`` bytes of a growing file (the first line of a tail is cut, so it
+        is left out); None when the file cannot be read."""
         try:
-            with open(self.file(RANKS), "rb") as handle:
+            with open(self.file(name), "rb") as handle:
                 handle.seek(0, 2)
                 size = handle.tell()
-                handle.seek(max(0, size - 4096))
+                handle.seek(max(0, size - limit))
                 lines = handle.read().decode("ascii", "replace").splitlines()
         except OSError:
-            return {}
+            return None
+        return lines[1:] if size > limit else lines
+
+    def last_ranks(self) -> dict[int, tuple[float, int, Optional[int]]]:
+        """A distributed probe's ranks now: rank -> (t, RSS, GPU bytes) of its newest row in ``ranks.csv``."""
         out: dict[int, tuple[float, int, Optional[int]]] = {}
-        for line in lines[1:] if size > 4096 else lines:
+        for line in self._tail(RANKS, 4096) or []:
             parts = line.split(",")
             try:
                 out[int(parts[1])] = (float(parts[0]), int(parts[2]), int(parts[3]) if parts[3] else None)
-            except (IndexError, ValueError):  # the header, or a line cut by the tail or torn mid-write
+            except (IndexError, ValueError):  # the header, or a line torn mid-write
                 continue
         return out
 
     def last_sample(self) -> Optional[Sample]:
         """The newest sample a running probe has written (the live view), read from the file's end."""
-        try:
-            with open(self.file(MEMORY), "rb") as handle:
-                handle.seek(0, 2)
-                size = handle.tell()
-                handle.seek(max(0, size - 512))
-                lines = handle.read().decode("ascii", "replace").splitlines()
-        except OSError:
-            return None
-        # The first line of a tail is cut; a line torn inside its last number still parses: shown, never judged.
-        for line in reversed(lines[1:] if size > 512 else lines):
+        # A line torn inside its last number still parses: shown, never judged.
+        for line in reversed(self._tail(MEMORY, 512) or []):
             sample = Sample.parse(line)
             if sample is not None:
                 return sample

@@ -137,6 +137,26 @@ def _bytes(value) -> Optional[int]:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
+def regex_patterns(regex: MetricsPatterns) -> dict[str, re.Pattern]:
+    """The metrics_regex patterns a spec gives, compiled, by metric name."""
+    return {name: re.compile(getattr(regex, name)) for name in REGEX_METRICS if getattr(regex, name)}
+
+
+def regex_reading(pattern: re.Pattern, line: str) -> Optional[tuple[float, Optional[int]]]:
+    """(value, step) a metrics_regex pattern reads in a line: the named group ``value`` (else group 1, else the
+    match) and the named group ``step`` when it matched digits; None where the line has no such number."""
+    match = pattern.search(line)
+    if not match:
+        return None
+    try:
+        value = float(match.group("value") if "value" in pattern.groupindex else
+                      match.group(1) if match.groups() else match.group(0))
+    except (TypeError, ValueError):
+        return None
+    printed = match.group("step") if "step" in pattern.groupindex else None
+    return value, int(printed) if printed is not None and printed.isdigit() else None
+
+
 @dataclass
 class LiveMetrics:
     """Follows ``metrics.jsonl`` (and the log, for ``metrics_regex``) during the probe; :meth:`poll` after each
@@ -159,8 +179,7 @@ class LiveMetrics:
 
     def __post_init__(self) -> None:
         self._jsonl = _Lines(self.jsonl)
-        self._patterns = {name: re.compile(getattr(self.regex, name)) for name in REGEX_METRICS
-                          if getattr(self.regex, name)}
+        self._patterns = regex_patterns(self.regex)
         self._log = _Lines(self.log) if self._patterns else None
 
     @property
@@ -185,16 +204,9 @@ class LiveMetrics:
         if self._log is not None:
             for line in self._log.read():
                 for name, pattern in self._patterns.items():
-                    match = pattern.search(line)
-                    if match:
-                        named = pattern.groupindex
-                        try:
-                            value = float(match.group("value") if "value" in named else
-                                          match.group(1) if match.groups() else match.group(0))
-                        except (TypeError, ValueError):
-                            continue
-                        printed = match.group("step") if "step" in named else None
-                        step = int(printed) if printed is not None and printed.isdigit() else None
+                    found = regex_reading(pattern, line)
+                    if found is not None:
+                        value, step = found
                         if step is not None:
                             self.last_step = step if self.last_step is None else max(self.last_step, step)
                         self.counts[name] = self.counts.get(name, 0) + 1
