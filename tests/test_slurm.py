@@ -183,15 +183,20 @@ def test_slurm_time_limit_is_a_timeout_not_a_memory_verdict(slurm, user_env):
     assert "TIMEOUT (Reason=TimeLimit)" in rec["evidence"]["scheduler"]
 
 
-def test_the_long_run_is_a_slurm_job_and_status_follows_it(slurm, user_env):
-    spec = write_spec(user_env, "night", batch_sizes="[2, 4]",
-                      extra="overnight: {hours: 0.005, check_interval: 100, limit_batches: 1}\n")
+def long_run(user_env, name: str, overnight: str):
+    """A ladder of ``name`` run as nobody, its long run launched and seen running: (spec, the launch, status)."""
+    spec = write_spec(user_env, name, batch_sizes="[2, 4]", extra=f"overnight: {overnight}\n")
     assert user_env.cli("run", str(spec)).returncode == 0
     res = user_env.cli("launch-overnight", "--pick", "stable", "--runs-dir", str(user_env.work / "runs"))
     assert res.returncode == 0, res.stderr
-    assert "starts as SLURM job" in res.stdout and "started: SLURM job" in res.stdout
     st = wait_for(lambda: (lambda s: s if s["state"] == "running" else None)(
-        json.loads(user_env.cli("status", "--json", "--runs-dir", str(user_env.work / "runs")).stdout)), 60)
+        json.loads(user_env.cli("status", "--json", "--spec", str(spec)).stdout)), 60)
+    return spec, res, st
+
+
+def test_the_long_run_is_a_slurm_job_and_status_follows_it(slurm, user_env):
+    spec, res, st = long_run(user_env, "night", "{hours: 0.005, check_interval: 100, limit_batches: 1}")
+    assert "starts as SLURM job" in res.stdout and "started: SLURM job" in res.stdout
     assert st["executor"] == "slurm" and st["job_id"]
     limit = subprocess.run(["scontrol", "-o", "show", "job", st["job_id"]], capture_output=True, text=True).stdout
     assert "TimeLimit=00:11:00" in limit  # 18 s asked (hours: 0.005) + 10 minutes' margin, rounded up
@@ -259,13 +264,7 @@ def test_a_compare_matrix_through_slurm_finds_the_known_cost(slurm, user_env):
 
 
 def test_stop_ends_the_long_run_on_slurm_and_records_it_interrupted(slurm, user_env):
-    spec = write_spec(user_env, "stopme", batch_sizes="[2, 4]",
-                      extra="overnight: {hours: 1, check_interval: 100, limit_batches: 1, kill_grace_s: 5}\n")
-    assert user_env.cli("run", str(spec)).returncode == 0
-    res = user_env.cli("launch-overnight", "--pick", "stable", "--runs-dir", str(user_env.work / "runs"))
-    assert res.returncode == 0, res.stderr
-    st = wait_for(lambda: (lambda s: s if s["state"] == "running" else None)(
-        json.loads(user_env.cli("status", "--json", "--spec", str(spec)).stdout)), 60)
+    spec, _, st = long_run(user_env, "stopme", "{hours: 1, check_interval: 100, limit_batches: 1, kill_grace_s: 5}")
     res = user_env.cli("stop", "--spec", str(spec))
     assert res.returncode == 0, res.stderr
     assert f"(SLURM job {st['job_id']}" in res.stderr and "SIGTERM, up to 5 s to save its state" in res.stderr
