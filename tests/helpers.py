@@ -1,7 +1,9 @@
 """What the tests share besides fixtures: paths, the CLI run as a user would, the fixtures' programs, an ordinary
 user's environment and a real SLURM's handle, and waiting on a state with a deadline. conftest.py holds the
 fixtures and imports what it needs from here; tests import from here, never from conftest."""
+import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -137,6 +139,39 @@ class UserEnv:
 class Slurm:
     def __init__(self, state: Path, conf: str):
         self.state, self.conf = state, conf
+
+    def restart_ctld(self, **knobs) -> None:
+        """slurmctld restarted with its config rewritten from cluster.sh's knobs (``min_job_age=2``,
+        ``accounting="none"``: SLURM_TEST_MIN_JOB_AGE, SLURM_TEST_ACCOUNTING); running jobs carry on."""
+        env = {**os.environ, **{f"SLURM_TEST_{k.upper()}": str(v) for k, v in knobs.items()}}
+        res = subprocess.run(["bash", str(SLURM_SCRIPT), "restart-ctld", str(self.state)], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr[-3000:]
+
+    @contextlib.contextmanager
+    def configured(self, **knobs):
+        """The cluster run with other knobs for the block, as the session started it again after."""
+        self.restart_ctld(**knobs)
+        try:
+            yield self
+        finally:
+            self.restart_ctld()
+
+    def known(self, job_id: str) -> bool:
+        """Whether the controller still knows the job (it forgets an ended one after MinJobAge)."""
+        return subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True).returncode == 0
+
+    def rpcs(self) -> dict[str, int]:
+        """sdiag's controller RPC counts by message type (``sdiag -r`` resets them)."""
+        out, counts, on = subprocess.run(["sdiag"], capture_output=True, text=True).stdout, {}, False
+        for line in out.splitlines():
+            if line.startswith("Remote Procedure Call statistics by"):
+                on = "message type" in line
+                continue
+            m = re.match(r"\s*(\w+)\s+\(\s*\d+\)\s+count:(\d+)", line)
+            if on and m:
+                counts[m.group(1)] = int(m.group(2))
+        return counts
 
     def queue(self, name_prefix: str = "hlrp-") -> list[str]:
         """Jobs still in the queue whose name starts with ``name_prefix``: 'id state name' each."""

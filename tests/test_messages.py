@@ -8,6 +8,7 @@ import yaml
 from rich.console import Console
 
 from hlrp_ladder.executors.slurm import SlurmHandle
+from hlrp_ladder.executors.slurm.watcher import Watcher
 from hlrp_ladder.executors.slurm.commands import Job
 from hlrp_ladder.overnight.status import status_lines
 from hlrp_ladder.preflight import checks
@@ -61,10 +62,12 @@ def test_the_live_view_shows_no_sample_taken_after_the_tree_ended(tmp_path):
 def test_a_pending_job_without_a_reason_says_none_of_it(tmp_path):
     req = ProbeRequest(folder=tmp_path / "p", batch_size=2, phase="overnight", argv=["x"], cwd=".",
                        rss_limit_bytes=1, cgroup_name="c")
-    handle = SlurmHandle(req, "12", time.time())
-    handle._job = Job("12", "PENDING", reason="None")
+    watcher = Watcher()
+    handle = SlurmHandle(req, "12", time.time(), watcher)
+    assert handle.where() == "SLURM job 12"                    # not answered about yet: nothing made up
+    watcher.entries["12"].job = Job("12", "PENDING", reason="None")
     assert handle.where() == "SLURM job 12 (PENDING)"
-    handle._job = Job("12", "PENDING", reason="Resources")
+    watcher.entries["12"].job = Job("12", "PENDING", reason="Resources")
     assert handle.where() == "SLURM job 12 (PENDING, Resources)"
 
 

@@ -214,7 +214,8 @@ def test_preflight_on_slurm(slurm, user_env, tmp_path):
     found = {f["check"]: f for f in json.loads(res.stdout)}
     assert found["slurm shared runs dir"]["status"] == "ok"
     assert found["slurm python"]["status"] == "ok" and "runs the probe runner" in found["slurm python"]["detail"]
-    assert found["slurm memory"]["detail"].startswith("--mem=400M (400 MiB) fits the nodes of debug")
+    assert found["slurm memory"]["status"] == "ok", found["slurm memory"]
+    assert found["slurm memory"]["detail"].startswith("each probe --mem=400M: within the largest node of debug")
     # a controller that does not answer, and a partition that does not exist: blockers, nothing started
     conf = Path(slurm.conf).read_text().replace("SlurmctldPort=6817", "SlurmctldPort=6899")
     down = user_env.work / "down.conf"
@@ -271,3 +272,140 @@ def test_stop_ends_the_long_run_on_slurm_and_records_it_interrupted(slurm, user_
     ended = json.loads(user_env.cli("status", "--json", "--spec", str(spec)).stdout)
     assert ended["state"] == "ended" and ended["outcome"] == "interrupted", ended
     assert not slurm.queue()
+
+
+# ---- at scale: one watcher for all of a run's jobs, one scancel, slurmdbd, jobs purged while away ----------------
+STATUS_RPCS = ("REQUEST_JOB_INFO", "REQUEST_JOB_INFO_SINGLE", "REQUEST_JOB_USER_INFO", "REQUEST_PARTITION_INFO",
+               "REQUEST_FED_INFO")
+
+
+def test_a_matrix_asks_the_controller_once_a_poll_for_all_its_jobs(slurm, user_env):
+    spec = write_spec(user_env, "many", batch_sizes="[8]", extra="""compare:
+  batch_size: 8
+  max_steps: 20
+  check_interval: 10
+  warmup: false
+  repeats: 4
+  variants:
+    base: {}
+    more: {mb_per_sample: 35}
+    slow: {step_s: 0.04}
+""")
+    spec.write_text(spec.read_text().replace("executor: {kind: slurm,", "executor: {kind: slurm, max_parallel: 6,"))
+    subprocess.run(["sdiag", "-r"], check=True, capture_output=True)
+    t0 = time.monotonic()
+    res = user_env.cli("compare", str(spec))
+    wall = time.monotonic() - t0
+    assert res.returncode == 0, res.stdout + res.stderr
+    rpcs = slurm.rpcs()
+    run = run_dir(user_env, "many")
+    calls = json.loads((run / "ladder.json").read_text())["scheduler_calls"]
+    status = sum(rpcs.get(k, 0) for k in STATUS_RPCS)
+    # every job-status RPC came from one squeue for all the run's jobs (2 RPCs each: this user's jobs and the
+    # partitions) or from the few `scontrol show partition|node|config` reads (1 each); never one job at a time
+    assert status <= 2 * calls["squeue"] + calls.get("scontrol", 0), (rpcs, calls)
+    assert rpcs.get("REQUEST_JOB_INFO_SINGLE", 0) == 0, rpcs
+    assert calls["squeue"] <= wall + 2, (calls, wall)             # never more than one poll a second
+    assert calls["sbatch"] == 13 and calls["sacct"] <= calls["squeue"], calls  # 12 runs, preflight's job
+    recs = [json.loads(p.read_text()) for p in run.glob("*-r*/result.json")]
+    assert len(recs) == 12 and all(r["outcome"] == "ok" for r in recs)
+    # every ended job was read from accounting too: its batch step's MaxRSS beside the controller's state
+    assert all("COMPLETED" in r["evidence"]["scheduler"] and "MaxRSS" in r["evidence"]["scheduler"] for r in recs)
+    assert not slurm.queue("hlrp-many")
+
+
+def test_ctrl_c_cancels_every_job_in_one_scancel(slurm, user_env):
+    spec = write_spec(user_env, "cc3", args=["steps=3000"], extra="""compare:
+  batch_size: 2
+  max_steps: 3000
+  check_interval: 1000
+  warmup: false
+  repeats: 1
+  variants: {a: {}, b: {base_mb: 40}, c: {base_mb: 30}}
+""")
+    spec.write_text(spec.read_text().replace("executor: {kind: slurm,", "executor: {kind: slurm, max_parallel: 3,"))
+    proc = user_env.popen("compare", str(spec))
+    root = user_env.work / "runs" / "cc3"
+    jobs = [wait_for(running_job(root, v), 90) for v in ("a-r1", "b-r1")]   # two running (2 CPUs), one pending
+    jobs.append(wait_for(lambda: next((json.loads(p.read_text())["job_id"] for p in root.glob("*/c-r1/submitted.json")),
+                                      None), 30))
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err
+    assert not slurm.queue("hlrp-cc3"), slurm.queue()
+    run = run_dir(user_env, "cc3")
+    assert json.loads((run / "ladder.json").read_text())["scheduler_calls"]["scancel"] == 1
+    recs = {v: record(run, f"{v}-r1") for v in "abc"}
+    assert all(r["outcome"] == "interrupted" for r in recs.values()), {v: (r["outcome"], r["evidence"])
+                                                                       for v, r in recs.items()}
+    assert all(job_state(j) in ("CANCELLED", "COMPLETED") for j in jobs)
+
+
+@pytest.mark.parametrize("accounting", ["slurmdbd", "none"])
+def test_jobs_purged_while_the_orchestrator_was_away_are_classified_on_resume(slurm, user_env, accounting):
+    """The orchestrator is SIGKILLed with four jobs running; they end (bs=16 over its --mem) and the controller
+    forgets them (MinJobAge=2). --resume classifies every rung: from sacct plus the runner's record, or, with no
+    accounting, from the record alone, saying so. Never a job taken for lost while its record is there."""
+    name = f"purge-{accounting}"
+    with slurm.configured(min_job_age=2, accounting=accounting):
+        spec = write_spec(user_env, name, args=["steps=150"])   # ~3 s a probe
+        spec.write_text(spec.read_text().replace("executor: {kind: slurm,", "executor: {kind: slurm, max_parallel: 4,"))
+        proc = user_env.popen("run", str(spec))
+        root = user_env.work / "runs" / name
+        jobs = {bs: wait_for(running_job(root, f"bs-{bs:04d}"), 90) for bs in (2, 4, 8, 16)}
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        wait_for(lambda: not any(slurm.known(j) for j in jobs.values()), 180, every=1)
+        res = user_env.cli("run", str(spec), "--resume")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "pick: bs=8" in res.stdout and "lost" not in res.stdout + res.stderr
+    run = run_dir(user_env, name)
+    # settle's note for each probe it classified on resume: "resume: bs-0016: oom_killed; SLURM job 9 ..."
+    settled = [bs for bs, job in jobs.items() if f"resume: bs-{bs:04d}: {'oom_killed' if bs == 16 else 'ok'}; "
+               f"SLURM job {job}" in res.stderr]
+    assert 16 in settled, res.stderr   # the last one started was still running when the orchestrator died
+    for bs, job in jobs.items():
+        rec = record(run, f"bs-{bs:04d}")
+        said = rec["evidence"]["scheduler"]
+        assert rec["outcome"] == ("oom_killed" if bs == 16 else "ok"), rec
+        assert said.startswith(f"SLURM job {job}"), said
+        if bs not in settled:  # it ended, and was collected, before the orchestrator was killed
+            continue
+        if accounting == "slurmdbd":
+            assert "(from accounting)" in said and "MaxRSS" in said, said
+            assert ("OUT_OF_MEMORY" if bs == 16 else "COMPLETED") in said
+        else:
+            assert said.endswith("classified from the runner's record alone"), said
+            assert "no accounting" in said
+
+
+def test_preflight_finds_the_mem_sbatch_would_leave_pending_and_a_qos_limit_not_enforced(slurm, user_env):
+    """A partition whose MaxMemPerNode is under the warm-up's --mem (twice the cap): measured here, sbatch takes
+    such a job and it pends forever (Reason=MaxMemPerLimit); preflight fails first, naming the warm-up. A QOS
+    limit under --mem on a cluster that does not enforce QOS limits (AccountingStorageEnforce=none: the job runs,
+    measured): a warning, not a blocker."""
+    node = subprocess.run(["scontrol", "-o", "show", "node"], capture_output=True, text=True).stdout.split()[0]
+    node = node.split("=", 1)[1]
+    subprocess.run(["scontrol", "create", "PartitionName=small", f"Nodes={node}", "MaxMemPerNode=300", "State=UP"],
+                   check=True, capture_output=True)
+    subprocess.run(["sacctmgr", "-i", "add", "qos", "tinymem", "MaxTRESPerJob=mem=300M"], check=True,
+                   capture_output=True)
+    try:
+        spec = write_spec(user_env, "pfmem", batch_sizes="[2]", cap="250MiB", slurm="partition: small")
+        spec.write_text(spec.read_text().replace("warmup: false", "warmup: true"))
+        res = user_env.cli("preflight", str(spec), "--json")
+        assert res.returncode == 4, res.stdout
+        found = {f["check"]: f for f in json.loads(res.stdout)}["slurm memory"]
+        assert found["status"] == "fail" and found["detail"] == (
+            "the warm-up asks --mem=500M, over partition small's MaxMemPerNode=300M: sbatch would refuse the job, "
+            "or it would pend forever"), found
+        assert "warmup: false" in found["fix"]
+        spec = write_spec(user_env, "pfqos", batch_sizes="[2]", cap="400MiB", slurm="qos: tinymem")
+        res = user_env.cli("preflight", str(spec), "--json")
+        found = {f["check"]: f for f in json.loads(res.stdout)}["slurm memory"]
+        assert found["status"] == "warn", found
+        assert ("each probe asks --mem=400M, over QOS tinymem's MaxTRES mem=300M, which this cluster does not "
+                "enforce (AccountingStorageEnforce=none)") in found["detail"]
+    finally:
+        subprocess.run(["scontrol", "delete", "PartitionName=small"], capture_output=True)
+        subprocess.run(["sacctmgr", "-i", "delete", "qos", "tinymem"], capture_output=True)

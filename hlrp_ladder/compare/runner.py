@@ -19,7 +19,7 @@ from hlrp_ladder.compare import matrix
 from hlrp_ladder.records import Outcome, Phase, ProbeRecord, ProbeRequest
 from hlrp_ladder.run.flight import Flight, InFlight
 from hlrp_ladder.run.live import LiveView
-from hlrp_ladder.run.session import (RunResult, drive, interrupted, open_run, probe_request,
+from hlrp_ladder.run.session import (RunResult, drive, interrupted, note_calls, open_run, probe_request,
                                     stopped_by_full_disk)
 from hlrp_ladder.run.store import RunStore
 from hlrp_ladder.search.state import Plan, Verdict, warmup_cap
@@ -137,8 +137,10 @@ def _run(spec: Spec, executor: executors.Executor, view: LiveView, resume: Optio
 
     try:
         with StopFlag() as stop:
-            if drive(flight, stop, collect, step):
-                return interrupted(store, command_line, records, verb="compare")
+            stopped = drive(flight, stop, collect, step)
+        note_calls(store, executor)
+        if stopped:
+            return interrupted(store, command_line, records, verb="compare")
         ok = sum(r.outcome == Outcome.ok for r in records)
         in_rounds = f" in {rounds} rounds" if cmp.target_effect else ""
         reason = (f"compare: {len(records)} runs of {len(cmp.variants)} variants at bs={bs}{in_rounds}, {ok} ok; "

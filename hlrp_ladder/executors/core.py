@@ -85,6 +85,20 @@ class Executor(Protocol):
         being collected; None if it is gone for good."""
         ...
 
+    def settle(self, folders: list[Path]) -> list[str]:
+        """On resume: of these finished probes, those whose record lacks this executor's evidence (the orchestrator
+        was gone when they ended) get it merged now, in one query for all; a note for each (locally: none)."""
+        ...
+
+    def cancel_all(self, handles: list[Handle]) -> None:
+        """Ctrl-C: cancel them all, in one call where the executor can (SLURM: one scancel)."""
+        ...
+
+    def calls(self) -> dict[str, int]:
+        """The scheduler calls this process made, by tool (SLURM: sbatch, squeue, sacct, scancel; ``polls``: the
+        watcher's), for the run's record; empty where there is no scheduler."""
+        ...
+
     def cleanup(self, folder: Path) -> int:
         """Kill whatever an unfinished probe left behind; how many processes (or jobs) it hit."""
         ...

@@ -88,11 +88,13 @@ def _run_one(name: str, fn: CheckFn, ctx: Context) -> list[Finding]:
     return found
 
 
-def run_checks(ctx: Context) -> list[Finding]:
-    """Every registered check, concurrently (network checks wait on timeouts, not on the CPU), in order."""
+def run_checks(ctx: Context, executor_checks: bool = True) -> list[Finding]:
+    """Every registered check, concurrently (network checks wait on timeouts, not on the CPU), in order; without
+    ``executor_checks``, only those for every executor (a variant's: the cluster does not change with it)."""
     broken = [Finding("plugin", WARN, f"a preflight plugin failed to load, so its checks did not run: {error}")
               for error in ctx.notes.get("plugin_errors", [])]
-    mine = [(name, fn) for name, executor, fn in registry if executor in (None, ctx.spec.executor.kind)]
+    kinds = (None, ctx.spec.executor.kind) if executor_checks else (None,)
+    mine = [(name, fn) for name, executor, fn in registry if executor in kinds]
     with ThreadPoolExecutor(max_workers=max(1, len(mine))) as pool:
         futures = [pool.submit(_run_one, name, fn, ctx) for name, fn in mine]
         return broken + [f for fut in futures for f in fut.result()]
@@ -117,14 +119,17 @@ def findings(spec: Spec, spec_path: str = "", variants: bool = True) -> list[Fin
     """Every check of a spec, and, for a compare matrix, of each variant's own settings too: a problem a
     variant adds (its GCS source unreachable, say) is named after it, so a blocked variant is known before the
     matrix starts rather than by a crash in its middle."""
-    found = run_checks(build_context(spec, spec_path))
+    ctx = build_context(spec, spec_path)
+    ctx.notes["compare"] = variants and spec.compare is not None   # the matrix about to run, not the ladder
+    found = run_checks(ctx)
     if not variants or spec.compare is None:
         return found
     seen = {(f.check, f.status, f.detail) for f in found}
     for name, items in spec.compare.variants.items():
         overrides, env = split(items)
         variant = spec.model_copy(update={"overrides": {**spec.overrides, **overrides}, "env": {**spec.env, **env}})
-        for f in run_checks(build_context(variant, spec_path)):
+        # a variant changes overrides and env, never the executor: its checks (a SLURM round-trip job) ran above
+        for f in run_checks(build_context(variant, spec_path), executor_checks=False):
             if (f.check, f.status, f.detail) not in seen and f.status in (FAIL, WARN):
                 found.append(Finding(f"variant {name}: {f.check}", f.status, f.detail, f.fix))
     return found

@@ -12,11 +12,13 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from hlrp_ladder.executors.slurm import expand_hostlist, time_limit
+from hlrp_ladder.executors.slurm import SlurmExecutor, expand_hostlist, time_limit
 from hlrp_ladder.executors.slurm import commands
 from hlrp_ladder.executors.slurm.commands import SlurmError
+from hlrp_ladder.executors.slurm.watcher import Watcher
 from hlrp_ladder.preflight.core import FAIL, OK, WARN, Context, Finding, check
-from hlrp_ladder.util.sizes import gib
+from hlrp_ladder.search import plan as plans
+from hlrp_ladder.search.state import warmup_cap
 
 MIB = 2**20
 
@@ -48,7 +50,7 @@ def controller(ctx: Context) -> Iterator[Finding]:
 def partition(ctx: Context) -> Iterator[Finding]:
     if not _ready(ctx):
         return
-    settings, mem = ctx.spec.executor.slurm, ctx.spec.memory
+    settings = ctx.spec.executor.slurm
     try:
         parts = commands.show("partition", settings.partition) if settings.partition else \
             [p for p in commands.show("partition") if p.get("Default") == "YES"]
@@ -73,27 +75,6 @@ def partition(ctx: Context) -> Iterator[Finding]:
                                                f"{name} allows {part.get('MaxTime')}",
                       "lower timeout_s, or set executor.slurm.time, or choose another partition")
         return
-    cap = mem.cap_bytes(1 << 62) if mem.cap and "%" not in str(mem.cap) else None
-    if cap is None:
-        yield Finding("slurm memory", WARN, "no memory.cap: the jobs get the partition's default memory "
-                                            "(DefMemPerCPU/DefMemPerNode) and SLURM kills them there",
-                      "set memory.cap: it becomes the job's --mem")
-    else:
-        max_node = part.get("MaxMemPerNode", "UNLIMITED")
-        if max_node.isdigit() and int(max_node) * MIB < cap:
-            yield Finding("slurm memory", FAIL, f"--mem={math.ceil(cap / MIB)}M is over the partition's MaxMemPerNode "
-                                                f"({max_node} MiB)", "lower memory.cap or choose another partition")
-            return
-        nodes = commands.show("node")
-        names = _node_names(part.get("Nodes", ""))
-        memory = [int(n["RealMemory"]) for n in nodes if n.get("NodeName") in names and n.get("RealMemory", "").isdigit()]
-        if memory and max(memory) * MIB < cap:
-            yield Finding("slurm memory", FAIL, f"--mem={math.ceil(cap / MIB)}M is more than any node of {name} has "
-                                                f"(largest {max(memory)} MiB): the jobs would never start",
-                          "lower memory.cap")
-            return
-        yield Finding("slurm memory", OK, f"--mem={math.ceil(cap / MIB)}M ({gib(cap)}) fits the nodes of {name} "
-                                          f"(RealMemory {min(memory) if memory else '?'}-{max(memory) if memory else '?'} MiB)")
     yield Finding("slurm partition", OK, f"{name} is UP, MaxTime {part.get('MaxTime')}"
                                          + (f", probes ask --time={commands.format_minutes(wanted)}" if wanted else ""))
     try:
@@ -108,6 +89,106 @@ def partition(ctx: Context) -> Iterator[Finding]:
 
 def _node_names(text: str) -> set[str]:
     return expand_hostlist(text)
+
+
+def job_memories(spec, usable: int, compare: bool = False) -> list[tuple[str, int]]:
+    """Every --mem the run will ask sbatch for: each probe's (the cap) and the warm-up's (up to twice the cap),
+    where the command about to run (``compare``: the matrix; else the ladder) has one."""
+    plan = plans.resolve(spec, usable)
+    if plan.cap_bytes is None:
+        return []
+    out = [("each probe", plan.cap_bytes)]
+    warmup = spec.compare.warmup if compare and spec.compare is not None else spec.warmup
+    if warmup and warmup_cap(plan) != plan.cap_bytes:
+        out.append(("the warm-up", warmup_cap(plan)))
+    return out
+
+
+def memory_limits(part: dict, qos: dict[str, dict[str, int]], cpus: int,
+                  enforce: str = "") -> list[tuple[str, int, bool]]:
+    """The limits a job's --mem must fit, as (SLURM's words, bytes, enforced): the partition's MaxMemPerNode (or
+    MaxMemPerCPU times the job's CPUs) — over it sbatch refuses the job (EnforcePartLimits) or it pends forever
+    (Reason=MaxMemPerLimit, measured) — and each QOS's MaxTRES / MaxTRESPerNode mem, which binds only where
+    ``AccountingStorageEnforce`` has limits, qos or safe (without, the job runs past it: measured)."""
+    out = []
+    name = part.get("PartitionName", "?")
+    if part.get("MaxMemPerNode", "").isdigit():
+        out.append((f"partition {name}'s MaxMemPerNode={part['MaxMemPerNode']}M", int(part["MaxMemPerNode"]) * MIB,
+                    True))
+    if part.get("MaxMemPerCPU", "").isdigit():  # SLURM gives such a job more CPUs rather than refusing it
+        out.append((f"partition {name}'s MaxMemPerCPU={part['MaxMemPerCPU']}M x {cpus} CPU(s) per task (SLURM "
+                    f"raises the job's CPUs to fit)", int(part["MaxMemPerCPU"]) * MIB * cpus, False))
+    binding = bool({"limits", "qos", "safe"} & {word.strip() for word in enforce.lower().split(",")})
+    for qos_name, limits in qos.items():
+        for field_name, limit in limits.items():
+            out.append((f"QOS {qos_name}'s {field_name} mem={math.ceil(limit / MIB)}M", limit, binding))
+    return out
+
+
+@check("slurm memory", executor="slurm")
+def memory(ctx: Context) -> Iterator[Finding]:
+    """Each --mem the run asks for (the probes', the warm-up's) against the partition's and the QOS's limits and
+    the nodes' RealMemory: found here, not by sbatch's refusal (or a job pending forever) at the first rung."""
+    if not _ready(ctx):
+        return
+    s = ctx.spec.executor.slurm
+    try:
+        parts = commands.show("partition", s.partition) if s.partition else \
+            [p for p in commands.show("partition") if p.get("Default") == "YES"]
+        nodes = commands.show("node")
+    except SlurmError as exc:
+        yield Finding("slurm memory", WARN, f"not checked: {exc}")
+        return
+    if not parts:
+        return  # the partition check says so
+    part = parts[0]
+    names = _node_names(part.get("Nodes", ""))
+    real = [int(n["RealMemory"]) * MIB for n in nodes
+            if n.get("NodeName") in names and n.get("RealMemory", "").isdigit()]
+    # percentages resolve as the run resolves them: against the executor's view of the partition's nodes
+    asks = job_memories(ctx.spec, SlurmExecutor(s).usable_memory(), compare=bool(ctx.notes.get("compare")))
+    if not asks:
+        yield Finding("slurm memory", WARN, "no memory.cap: the jobs get the partition's default memory "
+                                            "(DefMemPerCPU/DefMemPerNode) and SLURM kills them there",
+                      "set memory.cap: it becomes the job's --mem")
+        return
+    wanted = [q for q in (s.qos, part.get("QoS", "")) if q and q not in ("N/A", "(null)")]
+    qos: dict[str, dict[str, int]] = {}
+    note = ""
+    if wanted:
+        try:
+            qos = commands.qos_memory(list(dict.fromkeys(wanted)))
+        except SlurmError as exc:
+            note = f"; QOS {', '.join(wanted)} not checked ({exc})"
+    try:
+        enforce = commands.config().get("AccountingStorageEnforce", "")
+    except SlurmError:
+        enforce = ""
+    limits = memory_limits(part, qos, s.cpus_per_task, enforce)
+    if real:
+        limits.append((f"the largest node of {part.get('PartitionName')} (RealMemory={max(real) // MIB}M)", max(real),
+                       True))
+    unenforced = []
+    for what, ask in asks:
+        for words, limit, enforced in limits:
+            if ask <= limit:
+                continue
+            if not enforced:
+                unenforced.append(f"{what} asks --mem={math.ceil(ask / MIB)}M, over {words}" + (
+                    "" if "CPU" in words else f", which this cluster does not enforce "
+                                              f"(AccountingStorageEnforce={enforce or 'none'})"))
+                continue
+            fix = ("lower memory.cap" + (" (the warm-up asks up to twice the cap, within rss_limit), or set "
+                                         "warmup: false" if what == "the warm-up" else "")
+                   + ", or choose another partition or QOS")
+            yield Finding("slurm memory", FAIL, f"{what} asks --mem={math.ceil(ask / MIB)}M, over {words}: "
+                                                f"sbatch would refuse the job, or it would pend forever", fix)
+            return
+    if unenforced:
+        note += "; " + "; ".join(unenforced)
+    shown = ", ".join(f"{what} --mem={math.ceil(ask / MIB)}M" for what, ask in asks)
+    within = "; ".join(words for words, _, enforced in limits if enforced) or "no limit set"
+    yield Finding("slurm memory", OK if not note else WARN, f"{shown}: within {within}{note}")
 
 
 ROUNDTRIP = """#!{python}
@@ -150,11 +231,14 @@ def shared_runs_dir(ctx: Context) -> Iterator[Finding]:
     try:
         job_id = commands.sbatch(args, str(script), dict(os.environ))
         deadline = time.monotonic() + ctx.spec.preflight.slurm_roundtrip_s
+        watcher = Watcher()  # as a run watches its jobs: one squeue a second at most
+        watcher.register(job_id)
         while time.monotonic() < deadline:
-            job = commands.job(job_id)
-            if job is None or job.terminal:
+            entry = watcher.entry(job_id)
+            job = entry.job
+            if entry.settled:
                 break
-            time.sleep(0.5)
+            time.sleep(0.1)
         else:
             commands.scancel(job_id)
             yield Finding("slurm shared runs dir", WARN, f"the round-trip job {job_id} did not run within "

@@ -98,8 +98,7 @@ class Flight:
     def abandon(self, wait_s: float = 15.0) -> None:
         """A full disk: cancel every probe and wait (a while) for each to end, collecting nothing (no record can
         be written; a resume runs them again)."""
-        for slot in self.slots_in_use:
-            slot.handle.cancel()
+        self.executor.cancel_all([s.handle for s in self.slots_in_use])
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline and any(s.handle.state() != "ended" for s in self.slots_in_use):
             time.sleep(POLL_S)
@@ -108,8 +107,7 @@ class Flight:
 
     def stop(self, collect: Callable[[InFlight, ProbeRecord], ProbeRecord]) -> None:
         """Ctrl-C: cancel every probe, wait for their records; one that cannot be confirmed is recorded so."""
-        for slot in self.slots_in_use:
-            slot.handle.cancel()
+        self.executor.cancel_all([s.handle for s in self.slots_in_use])  # on SLURM: one scancel for all
         deadline = time.monotonic() + CANCEL_WAIT_S
         while self.slots_in_use and time.monotonic() < deadline:
             self.poll(collect)

@@ -10,7 +10,7 @@ from hlrp_ladder import executors
 from hlrp_ladder.records import SEARCH_PHASES, Outcome, Phase, ProbeRecord, ProbeRequest
 from hlrp_ladder.run.flight import Flight, InFlight
 from hlrp_ladder.run.live import LiveView
-from hlrp_ladder.run.session import (RunResult, drive, interrupted, open_run, probe_request,
+from hlrp_ladder.run.session import (RunResult, drive, interrupted, note_calls, open_run, probe_request,
                                     stopped_by_full_disk)
 from hlrp_ladder.run.store import RunStore, probe_folder_name
 from hlrp_ladder.search import forecast
@@ -180,8 +180,10 @@ def _run(spec: Spec, executor: executors.Executor, view: LiveView, resume: Optio
         with StopFlag() as stop:
             if spec.warmup and resume is None:
                 warm = run_warmup(spec, plan, store, flight, view, stop)
-            if stop() or drive(flight, stop, collect, step):
-                return interrupted(store, command_line, records)
+            stopped = stop() or drive(flight, stop, collect, step)
+        note_calls(store, executor)
+        if stopped:
+            return interrupted(store, command_line, records)
         found = judge(plan, records)
         store.write_state(status="inconclusive" if found.inconclusive else "done", pick=found.pick,
                           reason=found.reason, exit_code=found.exit_code, confirmed_by=found.confirmed_by)

@@ -86,10 +86,16 @@ def open_run(spec: Spec, executor: Executor, resume: Optional[str], command_line
 
 
 def reattach(store: RunStore, executor: Executor, view: LiveView) -> list[Handle]:
-    """On resume: the probes still running (a SLURM job outlives an orchestrator that was killed), or finished
-    meanwhile, re-attached; every other probe that gave no verdict set aside after killing what it left."""
+    """On resume: finished probes whose executor had not had its say (a SLURM job that ended while no
+    orchestrator watched) settled; the probes still running (a SLURM job outlives an orchestrator that was
+    killed), or finished meanwhile, re-attached; every other probe that gave no verdict set aside after killing
+    what it left."""
+    # both lists first: a record written while the finished ones settle stays with the unfinished, re-attached
+    finished, unfinished = store.finished(), store.unfinished()
+    for note in executor.settle(finished):
+        view.message(f"resume: {note}")
     running = []
-    for folder in store.unfinished():
+    for folder in unfinished:
         handle = executor.reattach(folder)
         if handle is not None:
             running.append(handle)
@@ -161,6 +167,13 @@ def drive(flight: Flight, stop: StopFlag, collect: Collect, step: Callable[[], N
             raise
         flight.abandon()
         raise as_disk_full(exc) from None
+
+
+def note_calls(store: RunStore, executor: Executor) -> None:
+    """The scheduler calls the run made (none locally), into its state: how hard it leaned on the controller."""
+    calls = executor.calls()
+    if calls:
+        store.write_state(scheduler_calls=calls)
 
 
 def stopped_by_full_disk(store: RunStore, command_line: list[str], exc: DiskFull,

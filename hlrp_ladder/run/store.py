@@ -218,6 +218,10 @@ class RunStore:
         folder.rename(target)
         return target
 
+    def finished(self) -> list[Path]:
+        """Probe folders with a record."""
+        return [folder for folder in self.probe_dirs() if (folder / RESULT).exists()]
+
     def unfinished(self) -> list[Path]:
         """Probe folders without a record: still running somewhere, or abandoned."""
         return [folder for folder in self.probe_dirs() if not (folder / RESULT).exists()]

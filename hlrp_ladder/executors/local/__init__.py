@@ -307,5 +307,15 @@ class LocalExecutor:
             return None
         return LocalHandle(request, None, float(submitted.get("submitted_at", time.time())))
 
+    def settle(self, folders: list[Path]) -> list[str]:
+        return []  # the runner's record is the whole record here
+
+    def calls(self) -> dict[str, int]:
+        return {}  # no scheduler to lean on
+
+    def cancel_all(self, handles: list) -> None:
+        for handle in handles:
+            handle.cancel()
+
     def cleanup(self, folder: Path) -> int:
         return cleanup(folder)

@@ -21,6 +21,7 @@ from typing import Optional
 from hlrp_ladder.executors.slurm import commands
 from hlrp_ladder.executors.slurm.commands import Job, SlurmError
 from hlrp_ladder.executors.slurm.states import merge
+from hlrp_ladder.executors.slurm.watcher import MAX_S, Watcher
 from hlrp_ladder.probe import host
 from hlrp_ladder.probe.folder import RESULT, RUNNER, RUNNER_LOG, SUBMITTED, ProbeFolder, read_json
 from hlrp_ladder.records import Outcome, ProbeRecord, ProbeRequest
@@ -30,6 +31,7 @@ from hlrp_ladder.util.files import umask, write_json
 JOB_SCRIPT = "job.py"
 RECORD_WAIT_S = 15.0     # after the job ended: how long the runner's record may take to show (a shared FS)
 CONTROLLER_WAIT_S = 300.0  # how long SLURM may not answer about a job before the probe is given up
+SETTLE_WAIT_S = 30.0    # on resume: how long a job whose runner wrote its record may take to end
 MIB = 2**20
 
 
@@ -56,56 +58,76 @@ def time_limit(settings: SlurmSettings, timeout_s: Optional[float], expected_s: 
 
 
 class SlurmHandle:
-    def __init__(self, request: ProbeRequest, job_id: str, submitted_at: float, poll_s: float = 1.0):
-        self.request, self.job_id, self.submitted_at, self.poll_s = request, job_id, submitted_at, poll_s
-        self.cancelled_at: Optional[float] = None
+    """One probe's job, its state read through the run's :class:`Watcher` (shared by all of its jobs)."""
+
+    def __init__(self, request: ProbeRequest, job_id: str, submitted_at: float, watcher: Watcher,
+                 cancelled: bool = False):
+        self.request, self.job_id, self.submitted_at, self.watcher = request, job_id, submitted_at, watcher
+        # cancelled by us, maybe by an orchestrator that is gone (submitted.json says so): CANCELLED is then ours
+        self.cancelled_at: Optional[float] = time.monotonic() if cancelled else None
         self.ended_at: Optional[float] = None
-        self._job: Optional[Job] = None
-        self._answered_at: Optional[float] = None   # when the controller (or accounting) last answered
-        self._read_at = float("-inf")
-        self.last_error = ""
+        self.watching_since = time.monotonic()   # SLURM's silence is measured from here, not from the submission
+        self.record_seen_at: Optional[float] = None
+        watcher.register(job_id)
 
     @property
     def folder(self) -> Path:
         return self.request.folder
 
-    def job(self, fresh: bool = False) -> Optional[Job]:
-        """The job's state, read at most every ``poll_s`` (unless ``fresh``); None once SLURM forgot it."""
-        if fresh or time.monotonic() - self._read_at >= self.poll_s:
-            try:
-                self._job = commands.job(self.job_id)
-                self._answered_at = time.monotonic()
-                self.last_error = ""
-            except SlurmError as exc:  # a controller that does not answer for a moment: keep the last state
-                self.last_error = str(exc)
-            self._read_at = time.monotonic()
-        return self._job
+    @property
+    def last_error(self) -> str:
+        return self.watcher.last_error
+
+    def job(self) -> Optional[Job]:
+        """The job's state as the watcher last read it (it polls when due); None before the first answer and
+        once neither the controller nor accounting knows the job."""
+        return self.watcher.job(self.job_id)
 
     def state(self) -> str:
-        job = self.job()
-        if job is None:
-            return "pending" if self._answered_at is None else "ended"
-        if job.state == "PENDING":
+        entry = self.watcher.entry(self.job_id)
+        if not entry.answered:
             return "pending"
-        return "ended" if job.terminal else "running"
+        if entry.settled:  # what poll() goes by: ended once SLURM (and accounting) have had their say
+            return "ended"
+        if entry.job is None or entry.job.state == "PENDING":
+            return "pending"
+        return "running"
 
     def poll(self) -> Optional[ProbeRecord]:
-        job = self.job()
+        entry = self.watcher.entry(self.job_id)
+        job = entry.job
         folder = ProbeFolder(self.folder)
-        if self._answered_at is None:  # SLURM has not answered yet: nothing is known
-            if time.time() - self.submitted_at < CONTROLLER_WAIT_S:
+        if not entry.answered:  # SLURM has not answered yet: nothing is known
+            if time.monotonic() - self.watching_since < CONTROLLER_WAIT_S:
                 return None
-            return folder.substitute(self.request, Outcome.error, f"SLURM did not answer about job {self.job_id} for "
-                                     f"{CONTROLLER_WAIT_S:.0f} s", self.last_error or None, self.submitted_at)
-        if job is not None and not job.terminal:
-            if job.state == "PENDING" and self.cancelled_at is None and self.request.timeout_s is not None \
-                    and time.time() - self.submitted_at > self.request.timeout_s:
-                return self._never_started(job)
-            if self.cancelled_at is not None and time.monotonic() - self.cancelled_at > \
-                    self.request.stop_grace_s + 15:
-                self._scancel()  # the runner did not stop as asked: SLURM kills the whole job
-                self.cancelled_at = time.monotonic()
-            return None
+            silent = f"SLURM did not answer about job {self.job_id} for {CONTROLLER_WAIT_S:.0f} s"
+            record = folder.record()
+            if record is not None:  # never a runner's record overwritten for SLURM's silence
+                record = record.model_copy(deep=True)
+                record.evidence.scheduler = f"{silent} ({self.last_error or 'no answer'}): the runner's record alone"
+                folder.write_record(record)
+                return self._end(record)
+            return self._end(folder.substitute(self.request, Outcome.error, silent, self.last_error or None,
+                                               self.submitted_at))
+        if not entry.settled:
+            if (self.folder / RESULT).exists():
+                self.watcher.nudge(self.job_id)  # the runner is done: the job ends within moments, ask soon
+                self.record_seen_at = self.record_seen_at or time.monotonic()
+                forgotten = job is None or job.source == "sacct"
+                if not (forgotten and time.monotonic() - self.record_seen_at > RECORD_WAIT_S):
+                    return None
+                # the controller forgot the job and accounting still calls it running: the record decides
+            elif job is not None and not job.terminal:
+                if job.state == "PENDING" and self.cancelled_at is None and self.request.timeout_s is not None \
+                        and time.time() - self.submitted_at > self.request.timeout_s:
+                    return self._never_started(job)
+                if self.cancelled_at is not None and time.monotonic() - self.cancelled_at > \
+                        self.request.stop_grace_s + 15:
+                    self._scancel()  # the runner did not stop as asked: SLURM kills the whole job
+                    self.cancelled_at = time.monotonic()
+                return None
+            else:
+                return None  # ended, and accounting not heard yet (a few polls at most)
         record = folder.record()
         if record is None:
             started = (self.folder / RUNNER).exists()
@@ -113,21 +135,42 @@ class SlurmHandle:
             self.ended_at = self.ended_at or time.monotonic()
             if started and time.monotonic() - self.ended_at < RECORD_WAIT_S:
                 return None
-            what = job.words() if job is not None else f"SLURM job {self.job_id}: unknown to the controller and " \
-                                                       f"to accounting"
+            what = job.words() if job is not None else self._unknown()
             detail = (f"the job ended and its runner left no record (see {folder.file(RUNNER_LOG)})" if started
                       else "the job ended before its runner started")
             record = folder.substitute(self.request, Outcome.error, detail, what, self.submitted_at)
-        if record.evidence.scheduler is None and job is not None:
-            record = merge(job, record, self.cancelled_at is not None)
+        if record.evidence.scheduler is None:
+            record = merge(job, record, self.cancelled_at is not None) if job is not None else \
+                self._record_alone(record)
             folder.write_record(record)
+        return self._end(record)
+
+    def _end(self, record: ProbeRecord) -> ProbeRecord:
+        self.watcher.forget(self.job_id)
+        return record
+
+    def _unknown(self) -> str:
+        if self.watcher.accounting_error:
+            why = f"accounting did not answer ({self.watcher.accounting_error})"
+        elif not self.watcher.has_accounting():
+            why = f"no accounting (AccountingStorageType={self.watcher.accounting() or 'unknown'})"
+        else:
+            why = "accounting (sacct) does not know it either"
+        return f"SLURM job {self.job_id}: no longer known to the controller (purged after MinJobAge) and {why}"
+
+    def _record_alone(self, record: ProbeRecord) -> ProbeRecord:
+        """Neither the controller nor accounting knows the job any more: the runner's record is all there is, and
+        the evidence says so (never a lost job while a record exists)."""
+        record = record.model_copy(deep=True)
+        record.evidence.scheduler = f"{self._unknown()}: classified from the runner's record alone"
         return record
 
     def _scancel(self, batch_signal: Optional[str] = None) -> None:
         try:
             commands.scancel(self.job_id, batch_signal)
         except SlurmError as exc:  # the next poll tries again; the state says what happened
-            self.last_error = str(exc)
+            self.watcher.last_error = str(exc)
+        self.watcher.nudge(self.job_id)
 
     def _never_started(self, job: Job) -> ProbeRecord:
         self._scancel()
@@ -138,13 +181,16 @@ class SlurmHandle:
             f"cancelled", job.words(), self.submitted_at)
         record.evidence.scheduler = job.words()
         folder.write_record(record)
-        return record
+        return self._end(record)
 
     def cancel(self) -> None:
         if self.cancelled_at is not None:
             return
         self.cancelled_at = time.monotonic()
-        job = self.job(fresh=True)
+        mark_cancelled(self.folder)
+        # a handle just found again (`stop` of the long run) is asked about now, within the watcher's cadence: how
+        # to stop it depends on its state
+        job = self.watcher.job(self.job_id)
         # a running job: SIGTERM to its batch script, the runner, which stops the probe as its request says (at
         # once; the long run with its grace) — a plain scancel would SIGKILL the trainer after KillWait
         self._scancel("TERM" if job is not None and job.state == "RUNNING" else None)
@@ -153,7 +199,7 @@ class SlurmHandle:
         return None  # a job's end is known only by asking SLURM: polled
 
     def where(self) -> str:
-        job = self._job or self.job()
+        job = self.watcher.cached(self.job_id)
         if job is None:
             return f"SLURM job {self.job_id}"
         reason = f", {job.reason}" if job.state == "PENDING" and job.reason and job.reason != "None" else ""
@@ -167,10 +213,12 @@ class SlurmExecutor:
     def __init__(self, settings: Optional[SlurmSettings] = None, spec_name: str = "hlrp"):
         self.settings, self.spec_name = settings or SlurmSettings(), spec_name
         self._facts: Optional[dict] = None
+        # one watcher for every job this orchestrator follows: one squeue per poll, whatever their number
+        self.watcher = Watcher(min_s=self.settings.poll_s, max_s=max(MAX_S, self.settings.poll_s))
 
     @staticmethod
     def from_submitted(info: dict) -> "SlurmExecutor":
-        return SlurmExecutor(SlurmSettings(poll_s=float(info.get("poll_s", 1.0))), info.get("spec", "hlrp"))
+        return SlurmExecutor(SlurmSettings(poll_s=max(1.0, float(info.get("poll_s", 1.0)))), info.get("spec", "hlrp"))
 
     def usable_memory(self) -> int:
         """The partition's smallest node's RealMemory (here's, when SLURM does not say)."""
@@ -252,21 +300,73 @@ class SlurmExecutor:
             except SlurmError:
                 pass
             raise
-        return SlurmHandle(request, job_id, submitted_at, self.settings.poll_s)
+        return SlurmHandle(request, job_id, submitted_at, self.watcher)
 
     def reattach(self, folder: Path) -> Optional[SlurmHandle]:
+        """A handle on the probe's job, whatever became of it: the watcher asks SLURM about all re-attached jobs
+        in one poll, and the handle's record says what it found (still running, ended meanwhile, or purged and
+        classified from the runner's record, or from nothing: an error, run again)."""
         info = read_json(folder / SUBMITTED) or {}
         if not info.get("job_id"):
             return None
         try:
             request = ProbeFolder(folder).request()
-            known = commands.job(info["job_id"]) is not None
-        except (OSError, ValueError, SlurmError):
+        except (OSError, ValueError):
             return None
-        if not known and not (folder / RESULT).exists():
-            return None
-        return SlurmHandle(request, info["job_id"], float(info.get("submitted_at", time.time())),
-                           float(info.get("poll_s", self.settings.poll_s)))
+        return SlurmHandle(request, str(info["job_id"]), float(info.get("submitted_at", time.time())), self.watcher,
+                           cancelled=bool(info.get("cancelled_at")))
+
+    def settle(self, folders: list[Path], wait_s: float = SETTLE_WAIT_S) -> list[str]:
+        """Finished probes whose record lacks SLURM's evidence (the orchestrator was gone when their jobs ended):
+        their jobs' states merged in now, from one squeue and one sacct for all of them (from the record alone
+        where neither knows the job any more, saying so). A note for each."""
+        handles = []
+        for folder in folders:
+            info = read_json(folder / SUBMITTED) or {}
+            record = ProbeFolder(folder).record()
+            if info.get("job_id") and record is not None and record.evidence.scheduler is None:
+                handle = self.reattach(folder)
+                if handle is not None:
+                    handles.append(handle)
+        notes, deadline = [], time.monotonic() + wait_s
+        while handles and time.monotonic() < deadline:
+            for handle in list(handles):
+                record = handle.poll()
+                if record is not None:
+                    handles.remove(handle)
+                    notes.append(f"{handle.folder.name}: {record.outcome.value}; {record.evidence.scheduler}")
+            if handles:
+                time.sleep(0.1)
+        for handle in handles:  # still not ended after the wait: its record stands as the runner wrote it
+            self.watcher.forget(handle.job_id)
+            notes.append(f"{handle.folder.name}: {handle.where()} has not ended after {wait_s:.0f} s; the runner's "
+                         f"record stands without SLURM's word")
+        return notes
+
+    def cancel_all(self, handles: list) -> None:
+        """Ctrl-C: every job of the run cancelled in one ``scancel`` call, pending or running (SLURM sends SIGTERM
+        to every process of each job: the runner records its probe interrupted; SLURM kills what is left after
+        KillWait). ``--batch --signal`` would spare the trainer but blocks on a pending job (measured), and a
+        probe is stopped at once anyway."""
+        mine = [h for h in handles if isinstance(h, SlurmHandle) and h.cancelled_at is None]
+        for handle in handles:
+            if not isinstance(handle, SlurmHandle):
+                handle.cancel()
+        if not mine:
+            return
+        for handle in mine:
+            handle.cancelled_at = time.monotonic()
+            mark_cancelled(handle.folder)
+            self.watcher.nudge(handle.job_id)
+        try:
+            commands.scancel([h.job_id for h in mine])
+        except SlurmError as exc:  # each handle's overdue stop tries again, one by one
+            self.watcher.last_error = str(exc)
+
+    def calls(self) -> dict[str, int]:
+        """The SLURM tools this process ran (sbatch, squeue, sacct, scancel, scontrol), by name, and the watcher's
+        polls: a run's record of how hard it leaned on the controller."""
+        return {**dict(sorted(commands.CALLS.items())), "polls": self.watcher.polls}
 
     def cleanup(self, folder: Path) -> int:
         """An unfinished probe whose job is still queued or running is cancelled (it is not re-attached only
@@ -274,10 +374,11 @@ class SlurmExecutor:
         info = read_json(folder / SUBMITTED) or {}
         if not info.get("job_id"):
             return 0
-        try:
-            job = commands.job(info["job_id"])
+        job_id = str(info["job_id"])
+        try:  # a rare path (a folder no handle follows): one direct look
+            job = commands.queue([job_id]).get(job_id)
             if job is not None and not job.terminal:
-                commands.scancel(info["job_id"])
+                commands.scancel(job_id)
                 return 1
         except SlurmError:
             pass
@@ -331,6 +432,17 @@ class _Rejected:
 
     def where(self) -> str:
         return "not submitted (sbatch refused it)"
+
+
+def mark_cancelled(folder: Path) -> None:
+    """The cancel said in the probe folder (submitted.json), before SLURM hears it: an orchestrator that resumes
+    after this one died takes the job's CANCELLED for ours, not for an admin's."""
+    info = read_json(folder / SUBMITTED)
+    if info and not info.get("cancelled_at"):
+        try:
+            write_json(folder / SUBMITTED, {**info, "cancelled_at": time.time()})
+        except OSError:  # the cancel goes on; only a later resume would read the CANCELLED as someone else's
+            pass
 
 
 def expand_hostlist(nodes: str) -> set[str]:
