@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -23,11 +24,16 @@ from hlrp_ladder.search.state import warmup_cap
 MIB = 2**20
 
 
+_READY_LOCK = threading.Lock()
+
+
 def _ready(ctx: Context) -> bool:
-    """Tools there and the controller answering (the checks below need both; the first two say why not)."""
-    if "slurm_ready" not in ctx.notes:
-        ctx.notes["slurm_ready"] = not commands.missing_tools() and commands.ping() is None
-    return ctx.notes["slurm_ready"]
+    """Tools there and the controller answering (the checks below need both; the first two say why not). Asked
+    once: the checks run concurrently."""
+    with _READY_LOCK:
+        if "slurm_ready" not in ctx.notes:
+            ctx.notes["slurm_ready"] = not commands.missing_tools() and commands.ping() is None
+        return ctx.notes["slurm_ready"]
 
 
 @check("slurm controller", executor="slurm")

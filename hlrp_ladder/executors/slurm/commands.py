@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Optional
@@ -207,12 +208,20 @@ def ping() -> Optional[str]:
     return None if "is UP" in res.stdout else _one_line(res)
 
 
+_SHOWN: dict[tuple[str, Optional[str]], list[dict]] = {}
+_SHOWN_LOCK = threading.Lock()
+
+
 def show(kind: str, name: Optional[str] = None) -> list[dict]:
-    """``scontrol -o show partition|node [name]`` as one dict per line."""
-    res = run(["scontrol", "-o", "show", kind, *([name] if name else [])])
-    if res.returncode != 0:
-        raise SlurmError(_one_line(res))
-    return [dict(_PAIR.findall(line)) for line in res.stdout.splitlines() if line.strip()]
+    """``scontrol -o show partition|node [name]`` as one dict per line; read once per process (preflight's checks,
+    run concurrently, and the executor all ask at the start of a run: one RPC each, not one per asker)."""
+    with _SHOWN_LOCK:
+        if (kind, name) not in _SHOWN:
+            res = run(["scontrol", "-o", "show", kind, *([name] if name else [])])
+            if res.returncode != 0:
+                raise SlurmError(_one_line(res))
+            _SHOWN[(kind, name)] = [dict(_PAIR.findall(line)) for line in res.stdout.splitlines() if line.strip()]
+        return [dict(item) for item in _SHOWN[(kind, name)]]
 
 
 def qos_memory(names: list[str]) -> dict[str, dict[str, int]]:
