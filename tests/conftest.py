@@ -100,6 +100,8 @@ def slurm():
     state = Path(tempfile.mkdtemp(prefix="hlrp-slurm-", dir="/tmp"))
     start = subprocess.run(["bash", str(SLURM_SCRIPT), "start", str(state)], capture_output=True, text=True,
                            timeout=120)
+    if start.returncode != 0:  # cluster.sh stops what it started; this makes sure, then says why
+        subprocess.run(["bash", str(SLURM_SCRIPT), "stop", str(state)], capture_output=True, timeout=120)
     assert start.returncode == 0, start.stderr[-3000:]
     conf = start.stdout.strip().splitlines()[-1].split("=", 1)[1]
     old = os.environ.get("SLURM_CONF")

@@ -348,7 +348,8 @@ def test_jobs_purged_while_the_orchestrator_was_away_are_classified_on_resume(sl
     accounting, from the record alone, saying so. Never a job taken for lost while its record is there."""
     name = f"purge-{accounting}"
     with slurm.configured(min_job_age=2, accounting=accounting):
-        spec = write_spec(user_env, name, args=["steps=150"])   # ~3 s a probe
+        # each probe waits 3 s before it allocates (so bs=16 is seen running before its OOM kill), then ~3 s
+        spec = write_spec(user_env, name, args=["steps=150", "start_delay_s=3"])
         spec.write_text(spec.read_text().replace("executor: {kind: slurm,", "executor: {kind: slurm, max_parallel: 4,"))
         proc = user_env.popen("run", str(spec))
         root = user_env.work / "runs" / name

@@ -93,16 +93,23 @@ def test_an_ended_job_is_completed_by_accounting_and_a_purged_one_never_invented
     assert combine(ended, None, asked=False, tries=1) == (ended, True)         # no accounting: nothing to wait for
     # purged from the controller: accounting's word alone, or nothing at all (never a made-up state)
     assert combine(None, booked, asked=True, tries=1) == (booked, True)
-    assert combine(None, lagging, asked=True, tries=99) == (lagging, False)   # accounting says running: watched on
     assert combine(None, None, asked=True, tries=1) == (None, True)
     assert combine(None, None, asked=False, tries=1) == (None, True)
+    # the controller forgot it but slurmdbd still says RUNNING (a runaway job): asked again, never forever
+    assert combine(None, lagging, asked=True, tries=1) == (lagging, False)
+    assert combine(None, lagging, asked=True, tries=ACCOUNTING_TRIES) == (lagging, True)
+    # sacct failed (slurmdbd restarting): not taken for "no accounting" at once
+    assert combine(None, None, asked=False, tries=1, failed=True) == (None, False)
+    assert combine(None, None, asked=False, tries=ACCOUNTING_TRIES, failed=True) == (None, True)
+    assert combine(ended, None, asked=False, tries=1, failed=True) == (ended, False)
 
 
 def test_memory_limits_from_partition_and_qos():
     from hlrp_ladder.executors.slurm.commands import tres_bytes
     from hlrp_ladder.preflight.slurm import memory_limits
     assert tres_bytes("500M") == 500 * 2**20 and tres_bytes("2G") == 2 * 2**30 and tres_bytes("300") == 300 * 2**20
-    part, qos = {"PartitionName": "gpu", "MaxMemPerNode": "4000", "MaxMemPerCPU": "UNLIMITED"}, {"normal": {"MaxTRES": 2**30}}
+    part = {"PartitionName": "gpu", "MaxMemPerNode": "4000", "MaxMemPerCPU": "UNLIMITED"}
+    qos = {"normal": {"MaxTRES": 2**30}}
     # a QOS limit binds only where accounting enforces limits; a partition's always (refused, or pending forever)
     assert memory_limits(part, qos, cpus=2, enforce="associations,limits,qos") == [
         ("partition gpu's MaxMemPerNode=4000M", 4000 * 2**20, True), ("QOS normal's MaxTRES mem=1024M", 2**30, True)]
@@ -177,3 +184,33 @@ def test_a_handle_ends_only_when_its_watcher_settled_and_silence_never_overwrite
     monkeypatch.setattr(slurm_mod, "CONTROLLER_WAIT_S", 0.0)
     got = silent.poll()
     assert got.outcome == Outcome.ok and got.evidence.scheduler.startswith("SLURM did not answer about job 17")
+
+
+def test_a_job_that_left_no_record_gets_slurms_words_and_a_cancelled_pending_one_is_ours(tmp_path):
+    """No runner's record: a job we cancelled while it was pending is `interrupted` (SLURM's CANCELLED merged in);
+    a job neither the controller nor accounting knows is an `error` whose evidence says so, never a made-up
+    state and never "the runner's record alone"."""
+    import time as _time
+
+    from hlrp_ladder.executors.slurm.watcher import Watcher
+    watcher = Watcher()
+    (tmp_path / "a").mkdir()
+    pending = _handle(tmp_path / "a", watcher)
+    pending.cancelled_at = _time.monotonic()
+    watcher._polled_at = _time.monotonic() + 3600
+    entry = watcher.entries["17"]
+    entry.answered, entry.settled = True, True
+    entry.job = Job("17", "CANCELLED", "Resources", "0:0", "", "n/a", "squeue")
+    got = pending.poll()
+    assert got.outcome == Outcome.interrupted and got.evidence.scheduler.startswith("SLURM job 17: CANCELLED")
+    (tmp_path / "b").mkdir()
+    gone_watcher = Watcher()
+    gone = _handle(tmp_path / "b", gone_watcher)
+    gone_watcher._polled_at = _time.monotonic() + 3600
+    gone_watcher._accounting = "accounting_storage/none"
+    e = gone_watcher.entries["17"]
+    e.answered, e.settled, e.gone = True, True, True
+    got = gone.poll()
+    assert got.outcome == Outcome.error and got.evidence.scheduler == (
+        "SLURM job 17: no longer known to the controller (purged after MinJobAge) and no accounting "
+        "(AccountingStorageType=accounting_storage/none)")

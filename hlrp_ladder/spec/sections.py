@@ -135,9 +135,9 @@ class SlurmSettings(_Strict):
     gres: Optional[str] = None
     constraint: Optional[str] = None
     extra_args: list[str] = Field([], description="more sbatch arguments, each one argv item (never a shell)")
-    poll_s: float = Field(1.0, ge=1, le=60, description="the shortest time between two reads of the run's job "
-                          "states (one squeue for all its jobs, never more than one a second); it backs off to 30 s "
-                          "while nothing changes")
+    poll_s: float = Field(1.0, gt=0, le=60, description="the shortest time between two reads of the run's job "
+                          "states (one squeue for all its jobs; below 1 s it is taken as 1 s: never more than one a "
+                          "second); it backs off to 30 s while nothing changes")
 
 
 class ExecutorSpec(_Strict):

@@ -408,6 +408,9 @@ cmd_start() {
     local s
     s=$(state_dir "${1:-}")
     export SLURM_CONF=$s/etc/slurm.conf
+    # a start that fails half-way stops what it started (MariaDB, slurmdbd, munged): no port stays taken
+    START_STATE=$s
+    trap 'rc=$?; if (( rc != 0 )); then cmd_stop "$START_STATE" >/dev/null 2>&1 || true; fi' EXIT
     command -v slurmctld >/dev/null || die "slurmctld not installed: run '$PROG install' first"
     if all_running "$s"; then
         log "already running for $s"

@@ -10,6 +10,7 @@ ones that finished meanwhile. Ctrl-C cancels them (``scancel``), recorded ``inte
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import re
@@ -21,7 +22,7 @@ from typing import Optional
 from hlrp_ladder.executors.slurm import commands
 from hlrp_ladder.executors.slurm.commands import Job, SlurmError
 from hlrp_ladder.executors.slurm.states import merge
-from hlrp_ladder.executors.slurm.watcher import MAX_S, Watcher
+from hlrp_ladder.executors.slurm.watcher import MAX_S, MIN_S, Watcher
 from hlrp_ladder.probe import host
 from hlrp_ladder.probe.folder import RESULT, RUNNER, RUNNER_LOG, SUBMITTED, ProbeFolder, read_json
 from hlrp_ladder.records import Outcome, ProbeRecord, ProbeRequest
@@ -111,8 +112,9 @@ class SlurmHandle:
                                                self.submitted_at))
         if not entry.settled:
             if (self.folder / RESULT).exists():
-                self.watcher.nudge(self.job_id)  # the runner is done: the job ends within moments, ask soon
-                self.record_seen_at = self.record_seen_at or time.monotonic()
+                if self.record_seen_at is None:  # the runner is done: the job ends within moments, ask soon (once)
+                    self.record_seen_at = time.monotonic()
+                    self.watcher.nudge(self.job_id)
                 forgotten = job is None or job.source == "sacct"
                 if not (forgotten and time.monotonic() - self.record_seen_at > RECORD_WAIT_S):
                     return None
@@ -139,6 +141,9 @@ class SlurmHandle:
             detail = (f"the job ended and its runner left no record (see {folder.file(RUNNER_LOG)})" if started
                       else "the job ended before its runner started")
             record = folder.substitute(self.request, Outcome.error, detail, what, self.submitted_at)
+            if job is None:  # nothing from SLURM either: say so (not "the runner's record alone": there is none)
+                record.evidence.scheduler = what
+                folder.write_record(record)
         if record.evidence.scheduler is None:
             record = merge(job, record, self.cancelled_at is not None) if job is not None else \
                 self._record_alone(record)
@@ -213,12 +218,16 @@ class SlurmExecutor:
     def __init__(self, settings: Optional[SlurmSettings] = None, spec_name: str = "hlrp"):
         self.settings, self.spec_name = settings or SlurmSettings(), spec_name
         self._facts: Optional[dict] = None
-        # one watcher for every job this orchestrator follows: one squeue per poll, whatever their number
-        self.watcher = Watcher(min_s=self.settings.poll_s, max_s=max(MAX_S, self.settings.poll_s))
+        # one watcher for every job this orchestrator follows: one squeue per poll, whatever their number, never
+        # more than one a second (a spec's poll_s below 1 s is raised to it)
+        poll_s = max(MIN_S, self.settings.poll_s)
+        self.watcher = Watcher(min_s=poll_s, max_s=max(MAX_S, poll_s))
 
     @staticmethod
     def from_submitted(info: dict) -> "SlurmExecutor":
-        return SlurmExecutor(SlurmSettings(poll_s=max(1.0, float(info.get("poll_s", 1.0)))), info.get("spec", "hlrp"))
+        """The executor of a probe folder found again (status, stop, launch-overnight): one per process and
+        setting, so the folders of one command share one watcher (one squeue for all of them)."""
+        return _found_again(float(info.get("poll_s", 1.0)), info.get("spec", "hlrp"))
 
     def usable_memory(self) -> int:
         """The partition's smallest node's RealMemory (here's, when SLURM does not say)."""
@@ -432,6 +441,11 @@ class _Rejected:
 
     def where(self) -> str:
         return "not submitted (sbatch refused it)"
+
+
+@functools.lru_cache(maxsize=16)
+def _found_again(poll_s: float, spec_name: str) -> SlurmExecutor:
+    return SlurmExecutor(SlurmSettings(poll_s=poll_s), spec_name)
 
 
 def mark_cancelled(folder: Path) -> None:

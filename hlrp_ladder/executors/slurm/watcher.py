@@ -54,6 +54,7 @@ class Watcher:
     clock: Callable[[], float] = time.monotonic
     entries: dict[str, Entry] = field(default_factory=dict)
     polls: int = 0                     # squeue calls made (for the bench and the tests)
+    failures: int = 0                  # squeue calls failed in a row (the cadence backs off on them)
     accounting_calls: int = 0          # sacct calls made
     last_error: str = ""               # the last failed call's line ("" when the last poll answered)
     accounting_error: str = ""         # sacct's last failure ("" when it answered)
@@ -94,6 +95,8 @@ class Watcher:
             return False
         wait = interval(self.clock(), [e.changed_at for e in live], any(not e.answered for e in live),
                         self.min_s, self.max_s)
+        if self.failures:  # a controller that does not answer is asked less and less often, not every second
+            wait = min(self.max_s, max(wait, self.min_s * 2 ** self.failures))
         return self.clock() - self._polled_at >= wait
 
     def refresh(self) -> None:
@@ -107,14 +110,14 @@ class Watcher:
         live = [e for e in self.entries.values() if not e.settled]
         if not live:
             return
+        self.polls += 1
         try:
             seen = commands.queue([e.job_id for e in live])
-            self.polls += 1
         except SlurmError as exc:
-            self.polls += 1
+            self.failures += 1
             self.last_error = str(exc)
             return
-        self.last_error = ""
+        self.failures, self.last_error = 0, ""
         now = self.clock()
         for entry in live:
             job = seen.get(entry.job_id)
@@ -126,12 +129,12 @@ class Watcher:
         ended = [e for e in live if e.job_id not in seen or seen[e.job_id].terminal]
         if not ended:
             return
-        accounted = self._accounting_of([e.job_id for e in ended])
+        accounted, failed = self._accounting_of([e.job_id for e in ended])
         for entry in ended:
-            self._settle(entry, seen.get(entry.job_id), accounted)
+            self._settle(entry, seen.get(entry.job_id), accounted, failed)
 
     def accounting(self) -> str:
-        """The cluster's AccountingStorageType ('accounting_storage/slurmdbd', '.../none'; '' if unknown)."""
+        """The cluster's AccountingStorageType ('accounting_storage/slurmdbd', '.../none'; '' while unknown)."""
         if self._accounting is None:
             try:
                 self._accounting = commands.config().get("AccountingStorageType", "")
@@ -140,42 +143,48 @@ class Watcher:
         return self._accounting
 
     def has_accounting(self) -> bool:
-        kind = self.accounting()
-        return bool(kind) and not kind.endswith("/none")
+        """False only where the controller says there is none; unknown counts as maybe (sacct is tried)."""
+        return not self.accounting().endswith("/none")
 
-    def _accounting_of(self, job_ids: list[str]) -> Optional[dict[str, Job]]:
-        """sacct's view of ``job_ids`` in one call; None without accounting or when it did not answer."""
+    def _accounting_of(self, job_ids: list[str]) -> tuple[Optional[dict[str, Job]], bool]:
+        """sacct's view of ``job_ids`` in one call, and whether it failed: (None, False) without accounting,
+        (None, True) when sacct did not answer (slurmdbd restarting, say: asked again, a few polls at most)."""
         if not self.has_accounting():
-            return None
+            return None, False
         self.accounting_calls += 1
         try:
             found = commands.accounting(job_ids)
         except SlurmError as exc:
             self.accounting_error = str(exc)
-            return None
+            return None, True
         self.accounting_error = ""
-        return found
+        return found, False
 
-    def _settle(self, entry: Entry, controller: Optional[Job], accounted: Optional[dict[str, Job]]) -> None:
+    def _settle(self, entry: Entry, controller: Optional[Job], accounted: Optional[dict[str, Job]],
+                failed: bool) -> None:
         entry.accounting_tries += 1
         booked = None if accounted is None else accounted.get(entry.job_id)
-        entry.job, entry.settled = combine(controller, booked, accounted is not None, entry.accounting_tries)
+        entry.job, entry.settled = combine(controller, booked, accounted is not None, entry.accounting_tries, failed)
         entry.gone = entry.job is None
-        if not entry.settled:
-            entry.changed_at = self.clock()  # ask again at the shortest interval
+        if not entry.settled and entry.accounting_tries == 1:
+            entry.changed_at = self.clock()  # ask again soon; the tries that follow back off as usual
 
 
-def combine(controller: Optional[Job], booked: Optional[Job], asked: bool, tries: int) -> tuple[Optional[Job], bool]:
+def combine(controller: Optional[Job], booked: Optional[Job], asked: bool, tries: int,
+            failed: bool = False) -> tuple[Optional[Job], bool]:
     """A job that ended or left the controller's view: what is known of it (None: nothing) and whether that is
     final. ``controller``: squeue's view (None once purged); ``booked``: sacct's (None without accounting, or
-    when it has no record); ``asked``: accounting answered; ``tries``: polls since the job ended."""
+    when it has no record); ``asked``: sacct answered; ``failed``: sacct was asked and did not answer; ``tries``:
+    polls since the job ended. Nothing waits more than ACCOUNTING_TRIES polls."""
+    enough = tries >= ACCOUNTING_TRIES
     if controller is None:
-        if booked is None:       # purged, and no accounting (or none that knows it): nothing more will come
-            return None, True
-        # accounting alone: final once it says the job ended; while it says running, the job is watched on (the
-        # handle lets the runner's record decide if the record is there and accounting never catches up)
-        return booked, booked.terminal
+        if booked is None:
+            # purged: accounting does not know it, or there is none: nothing more will come (unless sacct failed)
+            return None, not failed or enough
+        # the controller forgot it, so it is not running whatever accounting says (a runaway job in slurmdbd):
+        # final once accounting says it ended, or after a few polls
+        return booked, booked.terminal or enough
     if booked is not None and booked.terminal:
         return controller.with_accounting(booked), True
     # the controller says it ended; slurmdbd records the end a moment later: ask again, a few polls at most
-    return controller, not asked or tries >= ACCOUNTING_TRIES
+    return controller, (not asked and not failed) or enough
