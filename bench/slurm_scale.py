@@ -136,8 +136,10 @@ def ctrl_c(work: Path, runs: int, parallel: int, after_running: int) -> dict:
     spec = work / f"{name}.yaml"
     spec.write_text(spec_text(name, work / "runs", runs, parallel))
     errf = open(work / f"{name}.err", "w")
+    # its own process group, as a terminal's foreground job: Ctrl-C is SIGINT to the whole group (runuser and the
+    # orchestrator under it), which is what a person's Ctrl-C sends
     proc = subprocess.Popen([*PYTHON, "-m", "hlrp_ladder", "compare", str(spec)], cwd=work,
-                            stdout=subprocess.DEVNULL, stderr=errf)
+                            stdout=subprocess.DEVNULL, stderr=errf, start_new_session=True)
     deadline = time.monotonic() + 300
     running = 0
     while time.monotonic() < deadline:
@@ -147,7 +149,7 @@ def ctrl_c(work: Path, runs: int, parallel: int, after_running: int) -> dict:
             break
         time.sleep(0.5)
     t0 = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     proc.wait(timeout=180)
     errf.close()
     stopped = time.monotonic() - t0
