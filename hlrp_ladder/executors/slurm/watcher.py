@@ -96,7 +96,7 @@ class Watcher:
         wait = interval(self.clock(), [e.changed_at for e in live], any(not e.answered for e in live),
                         self.min_s, self.max_s)
         if self.failures:  # a controller that does not answer is asked less and less often, not every second
-            wait = min(self.max_s, max(wait, self.min_s * 2 ** self.failures))
+            wait = min(self.max_s, max(wait, self.min_s * 2 ** min(self.failures, 8)))
         return self.clock() - self._polled_at >= wait
 
     def refresh(self) -> None:
