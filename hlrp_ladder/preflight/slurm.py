@@ -58,8 +58,7 @@ def partition(ctx: Context) -> Iterator[Finding]:
         return
     settings = ctx.spec.executor.slurm
     try:
-        parts = commands.show("partition", settings.partition) if settings.partition else \
-            [p for p in commands.show("partition") if p.get("Default") == "YES"]
+        parts = commands.partitions(settings.partition)
     except SlurmError as exc:
         yield Finding("slurm partition", FAIL, str(exc), "set executor.slurm.partition to one `sinfo -s` lists")
         return
@@ -139,8 +138,7 @@ def memory(ctx: Context) -> Iterator[Finding]:
         return
     s = ctx.spec.executor.slurm
     try:
-        parts = commands.show("partition", s.partition) if s.partition else \
-            [p for p in commands.show("partition") if p.get("Default") == "YES"]
+        parts = commands.partitions(s.partition)
         nodes = commands.show("node")
     except SlurmError as exc:
         yield Finding("slurm memory", WARN, f"not checked: {exc}")

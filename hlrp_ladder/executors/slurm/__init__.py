@@ -404,8 +404,7 @@ class SlurmExecutor:
                "cgroup_parent": None, "cgroup_note": "SLURM enforces --mem through the job's cgroup",
                "executor": "slurm"}
         try:
-            parts = commands.show("partition", self.settings.partition) if self.settings.partition else \
-                [p for p in commands.show("partition") if p.get("Default") == "YES"]
+            parts = commands.partitions(self.settings.partition)
             nodes = commands.show("node")
         except SlurmError:
             return out

@@ -224,6 +224,11 @@ def show(kind: str, name: Optional[str] = None) -> list[dict]:
         return [dict(item) for item in _SHOWN[(kind, name)]]
 
 
+def partitions(name: Optional[str]) -> list[dict]:
+    """The partition named (``executor.slurm.partition``), else the default one(s), as ``show`` gives them."""
+    return show("partition", name) if name else [p for p in show("partition") if p.get("Default") == "YES"]
+
+
 def qos_memory(names: list[str]) -> dict[str, dict[str, int]]:
     """Each QOS's memory limits in bytes ({'normal': {'MaxTRES': ..., 'MaxTRESPerNode': ...}}), from ``sacctmgr``
     (which asks slurmdbd). Raises SlurmError without accounting."""
