@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import statistics
@@ -28,30 +27,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
-MEMHOG = ROOT / "tests" / "fixtures" / "memhog.py"
-# what squeue and scontrol show send: the job-status RPCs a watcher costs the controller
-STATUS_RPCS = ("REQUEST_JOB_INFO", "REQUEST_JOB_INFO_SINGLE", "REQUEST_JOB_USER_INFO", "REQUEST_PARTITION_INFO",
-               "REQUEST_FED_INFO")
+sys.path.insert(0, str(ROOT))
+
+from tests.helpers import MEMHOG, SLURM_SCRIPT as CLUSTER, STATUS_RPCS, rpc_counts, user_venv  # noqa: E402
 
 
 def sh(argv, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, **kw)
-
-
-def sdiag() -> dict[str, int]:
-    """sdiag's RPC counts by message type."""
-    out, counts, on = sh(["sdiag"]).stdout, {}, False
-    for line in out.splitlines():
-        if line.startswith("Remote Procedure Call statistics by message type"):
-            on = True
-            continue
-        if on and line.startswith("Remote Procedure Call statistics by user"):
-            break
-        m = re.match(r"\s*(\w+)\s+\(\s*\d+\)\s+count:(\d+)", line)
-        if on and m:
-            counts[m.group(1)] = int(m.group(2))
-    return counts
 
 
 def spec_text(name: str, runs_dir: Path, runs: int, parallel: int) -> str:
@@ -75,14 +57,9 @@ USER = "nobody"   # the orchestrator runs as an ordinary user, as on a cluster (
 
 
 def user_python(work: Path) -> list[str]:
-    """A venv of the system Python with this package installed as a cluster user would (the tests' way), and the
-    argv prefix that runs it as USER."""
-    venv = work / "venv"
-    subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True, capture_output=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-warn-script-location", str(ROOT)], check=True,
-                   capture_output=True)
-    subprocess.run(["chmod", "-R", "a+rX", str(venv)], check=True)
-    return ["runuser", "-u", USER, "--", "env", f"SLURM_CONF={os.environ['SLURM_CONF']}", str(venv / "bin" / "python")]
+    """The argv prefix that runs, as USER, a venv of the system Python with this package installed as a cluster
+    user would (the tests' way)."""
+    return ["runuser", "-u", USER, "--", "env", f"SLURM_CONF={os.environ['SLURM_CONF']}", str(user_venv(work))]
 
 
 PYTHON: list[str] = [sys.executable]
@@ -92,7 +69,7 @@ def run_matrix(work: Path, name: str, runs: int, parallel: int) -> dict:
     spec = work / f"{name}.yaml"
     spec.write_text(spec_text(name, work / "runs", runs, parallel))
     sh(["sdiag", "-r"])
-    before = sdiag()
+    before = rpc_counts()
     t0 = time.monotonic()
     with open(work / f"{name}.out", "w") as out, open(work / f"{name}.err", "w") as errf:
         proc = subprocess.Popen([*PYTHON, "-m", "hlrp_ladder", "compare", str(spec)], cwd=work, stdout=out,
@@ -101,7 +78,7 @@ def run_matrix(work: Path, name: str, runs: int, parallel: int) -> dict:
     wall = time.monotonic() - t0
     err = (work / f"{name}.err").read_text()
     rc = os.waitstatus_to_exitcode(status)
-    after = sdiag()
+    after = rpc_counts()
     rpcs = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before) if after.get(k, 0) != before.get(k, 0)}
     run = latest_run(work / "runs", name)
     state = json.loads((run / "ladder.json").read_text())

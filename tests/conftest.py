@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import MEMHOG, NOBODY, ROOT, SLURM_SCRIPT, Slurm, UserEnv
+from tests.helpers import MEMHOG, NOBODY, ROOT, SLURM_SCRIPT, Slurm, UserEnv, user_venv
 
 
 @pytest.fixture
@@ -69,11 +69,7 @@ def user_env(tmp_path_factory):
             python, path = Path(given), [str(base / "lib"), os.environ.get("HLRP_TEST_USER_PYTHONPATH", "")]
             shutil.copytree(ROOT / "hlrp_ladder", base / "lib" / "hlrp_ladder")
         else:
-            subprocess.run(["/usr/bin/python3", "-m", "venv", str(base / "venv")], check=True, capture_output=True)
-            res = subprocess.run([str(base / "venv" / "bin" / "pip"), "install", "-q", "--no-warn-script-location",
-                                  str(ROOT)], capture_output=True, text=True)
-            assert res.returncode == 0, res.stderr[-2000:]
-            python, path = base / "venv" / "bin" / "python", []
+            python, path = user_venv(base), []
         work = base / "work"
         work.mkdir()
         shutil.copy(MEMHOG, work / "memhog.py")

@@ -136,6 +136,35 @@ class UserEnv:
                               text=True, timeout=timeout, env=self.env(env), preexec_fn=self._drop(before))
 
 
+# the RPCs squeue and scontrol show send: what watching jobs costs the controller
+STATUS_RPCS = ("REQUEST_JOB_INFO", "REQUEST_JOB_INFO_SINGLE", "REQUEST_JOB_USER_INFO", "REQUEST_PARTITION_INFO",
+               "REQUEST_FED_INFO")
+
+
+def rpc_counts() -> dict[str, int]:
+    """sdiag's controller RPC counts by message type (for the tests and bench/slurm_scale.py)."""
+    out, counts, on = subprocess.run(["sdiag"], capture_output=True, text=True).stdout, {}, False
+    for line in out.splitlines():
+        if line.startswith("Remote Procedure Call statistics by"):
+            on = "message type" in line
+            continue
+        m = re.match(r"\s*(\w+)\s+\(\s*\d+\)\s+count:(\d+)", line)
+        if on and m:
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def user_venv(base: Path) -> Path:
+    """A venv of the system Python under ``base`` with this package installed as a cluster user would (not
+    editable), readable by all; its python."""
+    subprocess.run(["/usr/bin/python3", "-m", "venv", str(base / "venv")], check=True, capture_output=True)
+    res = subprocess.run([str(base / "venv" / "bin" / "pip"), "install", "-q", "--no-warn-script-location",
+                          str(ROOT)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    subprocess.run(["chmod", "-R", "a+rX", str(base / "venv")], check=True)
+    return base / "venv" / "bin" / "python"
+
+
 class Slurm:
     def __init__(self, state: Path, conf: str):
         self.state, self.conf = state, conf
@@ -163,15 +192,7 @@ class Slurm:
 
     def rpcs(self) -> dict[str, int]:
         """sdiag's controller RPC counts by message type (``sdiag -r`` resets them)."""
-        out, counts, on = subprocess.run(["sdiag"], capture_output=True, text=True).stdout, {}, False
-        for line in out.splitlines():
-            if line.startswith("Remote Procedure Call statistics by"):
-                on = "message type" in line
-                continue
-            m = re.match(r"\s*(\w+)\s+\(\s*\d+\)\s+count:(\d+)", line)
-            if on and m:
-                counts[m.group(1)] = int(m.group(2))
-        return counts
+        return rpc_counts()
 
     def queue(self, name_prefix: str = "hlrp-") -> list[str]:
         """Jobs still in the queue whose name starts with ``name_prefix``: 'id state name' each."""

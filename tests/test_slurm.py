@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import cli
+from tests.helpers import STATUS_RPCS, cli
 
 pytestmark = [pytest.mark.slurm, pytest.mark.nobody, pytest.mark.process]
 
@@ -275,8 +275,6 @@ def test_stop_ends_the_long_run_on_slurm_and_records_it_interrupted(slurm, user_
 
 
 # ---- at scale: one watcher for all of a run's jobs, one scancel, slurmdbd, jobs purged while away ----------------
-STATUS_RPCS = ("REQUEST_JOB_INFO", "REQUEST_JOB_INFO_SINGLE", "REQUEST_JOB_USER_INFO", "REQUEST_PARTITION_INFO",
-               "REQUEST_FED_INFO")
 
 
 def test_a_matrix_asks_the_controller_once_a_poll_for_all_its_jobs(slurm, user_env):
